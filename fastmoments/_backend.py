@@ -1,0 +1,89 @@
+"""Which device an array lives on, and the lazily imported CUDA side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["is_cuda_array", "cuda_module", "as_cuda_array", "as_host_array", "config"]
+
+
+class _Config:
+    """Tunables read at call time (never frozen into a jitted function).
+
+    Attributes
+    ----------
+    parallel_threshold : int
+        A flat buffer (or a group of arrays) with at least this many elements is
+        processed by the multi-threaded loop; smaller ones by the serial loop.
+    cuda_threads_per_block : int
+        Threads per block of the CUDA kernels.
+    cuda_max_blocks : int or None
+        Upper bound on the grid size (the kernels are grid-stride loops); ``None``
+        means enough blocks to cover the buffer once.
+    """
+
+    __slots__ = ("parallel_threshold", "cuda_threads_per_block", "cuda_max_blocks")
+
+    def __init__(self) -> None:
+        self.parallel_threshold = 1 << 16
+        self.cuda_threads_per_block = 256
+        self.cuda_max_blocks: int | None = None
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"config({items})"
+
+
+config = _Config()
+
+
+def is_cuda_array(x: Any) -> bool:
+    """True for anything that exposes ``__cuda_array_interface__`` (and is no NumPy array)."""
+    return not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__")
+
+
+def cuda_module():
+    """``numba.cuda``, imported on first use, with a clear error when CUDA is unusable."""
+    try:
+        from numba import cuda
+    except ImportError as exc:  # pragma: no cover - numba always ships a cuda shim
+        raise RuntimeError(
+            "a CUDA array was given but numba's CUDA support is not installed; "
+            "install it with `pip install fastmoments[cuda]`"
+        ) from exc
+    if not cuda.is_available():
+        raise RuntimeError(
+            "a CUDA array was given but no usable CUDA device/driver was found "
+            "(numba.cuda.is_available() is False); install an NVIDIA driver and "
+            "`pip install fastmoments[cuda]`, or pass NumPy arrays for the CPU path"
+        )
+    return cuda
+
+
+def as_cuda_array(x: Any):
+    """A numba device-array view of any ``__cuda_array_interface__`` object (no copy)."""
+    cuda = cuda_module()
+    if cuda.is_cuda_array(x) and type(x).__module__.startswith("numba"):
+        return x
+    return cuda.as_cuda_array(x)
+
+
+def as_host_array(x: Any, name: str) -> np.ndarray:
+    """A NumPy view of ``x`` without copying (NumPy arrays, torch CPU tensors, buffers)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__array_interface__") or hasattr(x, "__array__") or hasattr(x, "numpy"):
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:
+            raise TypeError(f"{name}: cannot view {type(x).__name__} as an array ({exc})") from exc
+        data = getattr(x, "__array_interface__", None)
+        if data is not None and data["data"][0] != arr.__array_interface__["data"][0]:
+            raise TypeError(f"{name}: {type(x).__name__} could only be copied, not viewed")
+        return arr
+    raise TypeError(
+        f"{name}: expected a NumPy array (or an object with __array_interface__ / "
+        f"__cuda_array_interface__), got {type(x).__name__}"
+    )

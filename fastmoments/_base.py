@@ -1,0 +1,704 @@
+"""The class layer shared by every optimizer: groups, state, validation, the step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import _cpu
+from ._backend import as_cuda_array, config, is_cuda_array
+from ._jit import Kernel
+from .flat import FlatParams
+
+__all__ = ["Optimizer", "Group", "STATE_DICT_VERSION"]
+
+STATE_DICT_VERSION = 1
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NONFINITE_POLICIES = ("apply", "skip", "raise")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+class Group:
+    """Internal view of one param group: its arrays, flat state buffers and addresses."""
+
+    __slots__ = (
+        "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
+        "host_state", "param_addresses", "grad_addresses", "like", "checked", "kernel",
+        "index_base",
+    )
+
+    def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
+        self.hyper = hyper
+        self.index_base = index_base
+        raw = hyper["params"]
+        self.flat: FlatParams | None = raw if isinstance(raw, FlatParams) else None
+        if self.flat is not None:
+            params = list(self.flat.params)
+            self.device = self.flat.device
+        else:
+            if _is_array_like(raw):
+                raise TypeError(
+                    f"{owner}: params should be a list of arrays, a FlatParams or a list of "
+                    f"param-group dicts, got a single {type(raw).__name__}; wrap it in a list"
+                )
+            try:
+                params = list(raw)
+            except TypeError:
+                raise TypeError(
+                    f"{owner}: params should be a list of arrays, a FlatParams or a list of "
+                    f"param-group dicts, got {type(raw).__name__}"
+                ) from None
+            params = [_check_param(p, index_base + i, owner) for i, p in enumerate(params)]
+            self.device = "cuda" if params and is_cuda_array(params[0]) else "cpu"
+        if not params:
+            raise ValueError(f"{owner}: a param group has an empty list of params")
+        devices = {("cuda" if is_cuda_array(p) else "cpu") for p in params}
+        if len(devices) != 1:
+            raise TypeError(f"{owner}: params of one group must all be on one device")
+        dtypes = {np.dtype(p.dtype) for p in params}
+        if len(dtypes) != 1:
+            raise TypeError(
+                f"{owner}: params of one group must share one dtype, got "
+                f"{sorted(str(d) for d in dtypes)}; put each dtype in its own param group"
+            )
+        self.dtype = dtypes.pop()
+        self.params = params
+        hyper["params"] = self.flat if self.flat is not None else params
+        sizes = [int(p.size) for p in params]
+        self.offsets = np.zeros(len(params) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self.offsets[1:])
+        self.numel = int(self.offsets[-1])
+        self.like = np.empty(0, dtype=self.dtype)
+        if self.device == "cpu":
+            self.param_addresses = np.array([_cpu.address_of(p) for p in params], dtype=np.int64)
+        else:
+            self.param_addresses = None
+        self.grad_addresses = np.zeros(len(params), dtype=np.int64)
+        self.state: dict[str, Any] = {}
+        self.host_state: dict[str, float] = {}
+        self.checked: tuple | None = None
+        self.kernel: Kernel | None = None
+
+    def views(self, name: str) -> list[Any]:
+        """Per-parameter views of the flat state buffer ``name``."""
+        buf = self.state[name]
+        return [
+            buf[int(self.offsets[j]) : int(self.offsets[j + 1])].reshape(p.shape)
+            for j, p in enumerate(self.params)
+        ]
+
+
+def _is_array_like(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or is_cuda_array(x) or hasattr(x, "__array_interface__")
+
+
+def _check_param(p: Any, index: int, owner: str) -> Any:
+    where = f"{owner}: params[{index}]"
+    if is_cuda_array(p):
+        p = as_cuda_array(p)
+        if np.dtype(p.dtype) not in _FLOAT_DTYPES:
+            raise TypeError(f"{where}: expected a float32 or float64 array, got dtype {p.dtype}")
+        if not p.is_c_contiguous():
+            raise ValueError(f"{where}: expected a C-contiguous array")
+        return p
+    if not isinstance(p, np.ndarray):
+        if hasattr(p, "numpy") and hasattr(p, "requires_grad"):
+            raise TypeError(
+                f"{where}: got a {type(p).__name__}; pass tensor.detach().numpy() (a view that "
+                f"is updated in place) for CPU tensors, or a CUDA tensor for the GPU path"
+            )
+        raise TypeError(f"{where}: expected a NumPy or CUDA array, got {type(p).__name__}")
+    if p.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{where}: expected a float32 or float64 array, got dtype {p.dtype}")
+    if not p.flags.writeable:
+        raise ValueError(f"{where}: expected a writeable array (it is updated in place)")
+    if not p.flags.c_contiguous:
+        raise ValueError(f"{where}: expected a C-contiguous array, got strides {p.strides}")
+    return p
+
+
+def _check_no_aliasing(params: list[Any], owner: str) -> None:
+    spans = []
+    for i, p in enumerate(params):
+        if isinstance(p, np.ndarray):
+            start = _cpu.address_of(p)
+        else:
+            start = p.__cuda_array_interface__["data"][0]
+        nbytes = int(p.size) * p.dtype.itemsize
+        if nbytes:
+            spans.append((start, start + nbytes, i))
+    spans.sort()
+    for (s0, e0, i0), (s1, _e1, i1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            first, second = sorted((i0, i1))
+            raise ValueError(
+                f"{owner}: params[{second}] overlaps params[{first}] (an array given twice or "
+                f"two views of one buffer); each parameter must be a distinct array"
+            )
+
+
+class Optimizer:
+    """Base class: param groups, flat state, validation and the fused step.
+
+    Subclasses define the hyperparameter checks (``_check``), the rule variant
+    (``_select``), the initial state values (``_initial``) and the per-step host
+    scalars (``_scalars``). Everything else -- groups, flat state buffers, gradient
+    validation, the non-finite policy, clipping, checkpoints -- lives here once.
+    """
+
+    #: hyperparameters that are not floats (flags); all others are validated as numbers
+    _flags: ClassVar[tuple[str, ...]] = ("maximize",)
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        nonfinite: str = "apply",
+        max_grad_norm: float | None = None,
+        clip_value: float | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        self.defaults = dict(defaults)
+        self._check(self.defaults)
+        if nonfinite not in _NONFINITE_POLICIES:
+            raise ValueError(
+                f"{owner}: nonfinite must be one of {_NONFINITE_POLICIES}, got {nonfinite!r}"
+            )
+        self.nonfinite = nonfinite
+        self.max_grad_norm = _check_optional_positive(max_grad_norm, "max_grad_norm", owner)
+        self.clip_value = _check_optional_positive(clip_value, "clip_value", owner)
+        self.step_count = 0
+        self.skipped_steps = 0
+        self.last_step_skipped = False
+        self.last_grad_norm: float | None = None
+
+        group_dicts = _as_group_dicts(params, owner)
+        self._groups: list[Group] = []
+        self.param_groups: list[dict[str, Any]] = []
+        index = 0
+        for gd in group_dicts:
+            unknown = set(gd) - set(self.defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"{owner}: unknown param-group keys {sorted(unknown)}")
+            hyper = {**self.defaults, **gd}
+            self._check(hyper)
+            group = Group(hyper, index, owner)
+            index += len(group.params)
+            self._groups.append(group)
+            self.param_groups.append(hyper)
+        all_params = [p for g in self._groups for p in g.params]
+        _check_no_aliasing(all_params, owner)
+        self._num_params = len(all_params)
+        for group in self._groups:
+            self._prepare(group, fresh=True)
+        self._devices = {g.device for g in self._groups}
+
+    # ------------------------------------------------------------ subclass API
+    def _check(self, hyper: dict[str, Any]) -> None:
+        """Raise ValueError/TypeError for invalid hyperparameters."""
+        _check_lr(hyper["lr"], type(self).__name__)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        raise NotImplementedError
+
+    def _initial(self, hyper: dict[str, Any]) -> dict[str, float]:
+        """Initial value of each state buffer (default 0)."""
+        return {}
+
+    def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
+        return {}
+
+    def _scalars(self, hyper: dict[str, Any], lr: float, step: int, host: dict) -> tuple:
+        """The rule's scalars after ``grad_mult, clip_value`` for step ``step`` (1-based)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def _prepare(self, group: Group, fresh: bool) -> None:
+        """(Re)build the kernel choice and state buffers for the group's hyperparameters."""
+        kernel = self._select(group.hyper)
+        init = self._initial(group.hyper)
+        old = group.state
+        state = {}
+        for name in kernel.state_names:
+            if not fresh and name in old:
+                state[name] = old[name]
+            else:
+                state[name] = _full(group, init.get(name, 0.0))
+        group.state = state
+        group.kernel = kernel
+        if fresh:
+            group.host_state = self._initial_host_state(group.hyper)
+        group.checked = self._hyper_key(group.hyper)
+
+    def _hyper_key(self, hyper: dict) -> tuple:
+        return tuple(v for k, v in hyper.items() if k != "params")
+
+    def _revalidate(self, group: Group) -> None:
+        """Hyperparameters edited through ``param_groups``: check them before use."""
+        self._check(group.hyper)
+        self._prepare(group, fresh=False)
+
+    @property
+    def state(self) -> list[dict[str, Any]]:
+        """Per-parameter state: a list (one entry per parameter) of dicts of views."""
+        out = []
+        for group in self._groups:
+            views = {name: group.views(name) for name in group.state}
+            for j in range(len(group.params)):
+                out.append({name: v[j] for name, v in views.items()})
+        return out
+
+    # --------------------------------------------------------------------- lr
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (of the first param group).
+
+        Setting it changes every group; a float or a schedule (a callable of the number
+        of steps taken) is accepted and validated.
+        """
+        return _current(self._groups[0].hyper["lr"], self.step_count)
+
+    @lr.setter
+    def lr(self, value: float | Callable[[int], float]) -> None:
+        _check_lr(value, type(self).__name__)
+        for group in self._groups:
+            group.hyper["lr"] = value
+            group.checked = self._hyper_key(group.hyper)
+
+    # ------------------------------------------------------------------- step
+    def zero_grad(self) -> None:
+        """Zero the flat gradient buffer of every FlatParams group."""
+        for group in self._groups:
+            if group.flat is not None:
+                group.flat.zero_grad()
+
+    def step(self, grads: Any = None, *, grad_scale: float = 1.0) -> float | None:
+        """Update every parameter in place with one fused pass per group.
+
+        Parameters
+        ----------
+        grads
+            One gradient per parameter (a list in the order of the params, across
+            groups), or, when every group is a ``FlatParams``, ``None`` (use their
+            ``.grad`` buffers) or a single flat array (one group).
+        grad_scale
+            The loss scale the gradients were multiplied by: they are divided by it
+            inside the kernel (mixed-precision training).
+
+        Returns
+        -------
+        float or None
+            The global gradient norm (after unscaling, before clipping) when it was
+            computed (``max_grad_norm`` set), otherwise ``None``.
+        """
+        sources = self._collect(grads)
+        if not (_is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0):
+            raise ValueError(f"grad_scale: expected a finite number > 0, got {grad_scale!r}")
+        for group in self._groups:
+            if group.checked != self._hyper_key(group.hyper):
+                self._revalidate(group)
+        clip_coef = 1.0
+        norm = None
+        if self.nonfinite != "apply" or self.max_grad_norm is not None:
+            total = self._sum_squares(sources)
+            norm = math.sqrt(total) / grad_scale
+            if not math.isfinite(norm):
+                if self.nonfinite == "raise":
+                    raise FloatingPointError(
+                        f"{type(self).__name__}.step: a gradient contains NaN or Inf; nothing "
+                        "was changed (nonfinite='raise')"
+                    )
+                if self.nonfinite == "skip":
+                    self.skipped_steps += 1
+                    self.last_step_skipped = True
+                    self.last_grad_norm = norm
+                    return norm
+            if self.max_grad_norm is not None and math.isfinite(norm):
+                clip_coef = min(1.0, self.max_grad_norm / (norm + 1e-6))
+        self.last_step_skipped = False
+        self.last_grad_norm = norm
+        step = self.step_count + 1
+        clip_value = math.inf if self.clip_value is None else self.clip_value
+        for group, source in zip(self._groups, sources):
+            hyper = group.hyper
+            lr = _current(hyper["lr"], self.step_count)
+            sign = -1.0 if hyper["maximize"] else 1.0
+            scalars = (sign / grad_scale * clip_coef, clip_value) + self._scalars(
+                hyper, lr, step, group.host_state
+            )
+            self._run(group, source, scalars)
+        self.step_count = step
+        return norm
+
+    def _collect(self, grads: Any) -> list[Any]:
+        """Validate the gradients and say where each group reads them from.
+
+        Returns one entry per group: a flat array (one kernel over the buffer), or
+        ``None`` for the list path (addresses already written into the group).
+        Nothing is changed when this raises.
+        """
+        groups = self._groups
+        if grads is None:
+            if any(g.flat is None for g in groups):
+                raise TypeError(
+                    "grads: expected one gradient per parameter; grads=None is only "
+                    "allowed when every param group is a FlatParams"
+                )
+            return [g.flat.grad for g in groups]
+        if _is_array_like(grads) and not isinstance(grads, (list, tuple)):
+            if len(groups) != 1 or groups[0].flat is None:
+                raise TypeError(
+                    "grads: a single flat array is only accepted for one FlatParams group; "
+                    "pass a list with one gradient per parameter"
+                )
+            group = groups[0]
+            flat = self._check_grad(grads, group, None, (group.numel,), "grads")
+            return [flat]
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(
+                f"grads: expected a list of arrays (one per parameter), got {type(grads).__name__}"
+            )
+        if len(grads) != self._num_params:
+            raise ValueError(
+                f"grads: expected {self._num_params} gradients (one per parameter), got {len(grads)}"
+            )
+        sources: list[Any] = []
+        pending: list[tuple[Group, list[int]]] = []
+        for group in groups:
+            base = group.index_base
+            n = len(group.params)
+            mine = grads[base : base + n]
+            if group.flat is not None and all(a is b for a, b in zip(mine, group.flat.grads)):
+                sources.append(group.flat.grad)
+                continue
+            if group.device == "cuda":
+                sources.append(
+                    [self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
+                     for j, (g, p) in enumerate(zip(mine, group.params))]
+                )
+                continue
+            addresses = []
+            dtype = group.dtype
+            for j, (g, p) in enumerate(zip(mine, group.params)):
+                if (
+                    type(g) is not np.ndarray
+                    or g.dtype is not dtype
+                    or g.shape != p.shape
+                    or g.strides != p.strides
+                ):
+                    g = self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
+                addresses.append(g.__array_interface__["data"][0])
+            pending.append((group, addresses))
+            sources.append(None)
+        for group, addresses in pending:
+            group.grad_addresses[:] = addresses
+        return sources
+
+    def _check_grad(self, g: Any, group: Group, j: int | None, shape: tuple, name: str) -> Any:
+        if group.device == "cuda":
+            if not is_cuda_array(g):
+                raise TypeError(
+                    f"{name}: expected a CUDA array (the parameter is on the GPU), got "
+                    f"{type(g).__name__}"
+                )
+            g = as_cuda_array(g)
+            contiguous = g.is_c_contiguous()
+        else:
+            if is_cuda_array(g):
+                raise TypeError(f"{name}: expected a host array (the parameter is on the CPU), "
+                                f"got a CUDA array")
+            if not isinstance(g, np.ndarray):
+                if hasattr(g, "__array__") and hasattr(g, "numpy"):
+                    g = np.asarray(g)
+                else:
+                    raise TypeError(f"{name}: expected a NumPy array, got {type(g).__name__}")
+            contiguous = g.flags.c_contiguous
+        if tuple(g.shape) != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(g.shape)}")
+        if np.dtype(g.dtype) != group.dtype:
+            raise TypeError(f"{name}: expected dtype {group.dtype}, got {g.dtype}")
+        if not contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous array")
+        return g
+
+    def _sum_squares(self, sources: list[Any]) -> float:
+        total = 0.0
+        for group, source in zip(self._groups, sources):
+            if group.device == "cuda":
+                from . import _gpu
+
+                flats = [source] if not isinstance(source, list) else [
+                    g.reshape(g.size) for g in source
+                ]
+                total += _gpu.sum_squares(flats)
+            elif source is None:
+                total += _cpu.sum_squares_multi(group.grad_addresses, group.offsets, group.like)
+            else:
+                total += _cpu.sum_squares(source, source.shape[0] >= config.parallel_threshold)
+        return total
+
+    def _run(self, group: Group, source: Any, scalars: tuple) -> None:
+        dtype = group.dtype.type
+        args = tuple(map(dtype, scalars))
+        kernel = group.kernel
+        states = tuple(group.state.values())
+        if group.device == "cuda":
+            self._run_cuda(group, source, kernel, states, args)
+        elif source is None:
+            loop = (
+                kernel.multi_parallel
+                if group.numel >= config.parallel_threshold and len(group.params) > 1
+                else kernel.multi_serial
+            )
+            loop(group.param_addresses, group.grad_addresses, group.offsets, group.like,
+                 *states, *args)
+        else:
+            flat = group.flat.data
+            loop = kernel.parallel if group.numel >= config.parallel_threshold else kernel.serial
+            loop(flat, source, *states, *args)
+
+    def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
+        from . import _gpu
+
+        cuda_kernel = kernel.cuda
+        if not isinstance(source, list):
+            _gpu.launch(cuda_kernel, group.numel, group.flat.data, source, *states, *args)
+            return
+        for j, (p, g) in enumerate(zip(group.params, source)):
+            start, stop = int(group.offsets[j]), int(group.offsets[j + 1])
+            if stop > start:
+                _gpu.launch(
+                    cuda_kernel, stop - start, p.reshape(p.size), g.reshape(g.size),
+                    *(s[start:stop] for s in states), *args,
+                )
+
+    # ------------------------------------------------------------- state dict
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state as a plain dict of NumPy arrays and Python scalars.
+
+        Keys: ``format_version``, ``optimizer`` (class name), ``step_count``,
+        ``param_groups`` (hyperparameters and sizes, one dict per group; a schedule
+        ``lr`` is stored as its current value with ``lr_schedule`` = its repr),
+        ``state`` (one dict of flat state buffers per group, copies) and
+        ``host_state`` (per-group scalar state, e.g. NAdam's ``mu_product``).
+        """
+        groups = []
+        for group in self._groups:
+            hyper = {k: _plain(v) for k, v in group.hyper.items() if k != "params"}
+            if callable(group.hyper["lr"]):
+                hyper["lr"] = float(_current(group.hyper["lr"], self.step_count))
+                hyper["lr_schedule"] = repr(group.hyper["lr"])
+            hyper["num_params"] = len(group.params)
+            hyper["numel"] = group.numel
+            hyper["dtype"] = str(group.dtype)
+            groups.append(hyper)
+        state = []
+        for group in self._groups:
+            state.append({name: _to_host(buf) for name, buf in group.state.items()})
+        return {
+            "format_version": STATE_DICT_VERSION,
+            "optimizer": type(self).__name__,
+            "step_count": int(self.step_count),
+            "param_groups": groups,
+            "state": state,
+            "host_state": [dict(g.host_state) for g in self._groups],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; everything is validated before anything changes."""
+        plan = self._plan_load(state_dict)
+        for group, hyper, arrays, host in plan:
+            for key, value in hyper.items():
+                if key == "lr" and callable(group.hyper["lr"]) and "lr_schedule" in hyper:
+                    continue
+                if key in self.defaults:
+                    group.hyper[key] = value
+            self._prepare(group, fresh=False)
+            for name, array in arrays.items():
+                _copy_into(group.state[name], array)
+            group.host_state = dict(host)
+        self.step_count = int(state_dict["step_count"])
+
+    def _plan_load(self, sd: dict[str, Any]) -> list:
+        owner = type(self).__name__
+        if not isinstance(sd, dict):
+            raise TypeError(f"state_dict: expected a dict, got {type(sd).__name__}")
+        missing = {"format_version", "optimizer", "step_count", "param_groups", "state",
+                   "host_state"} - set(sd)
+        if missing:
+            raise ValueError(f"state_dict: missing keys {sorted(missing)}")
+        if sd["format_version"] != STATE_DICT_VERSION:
+            raise ValueError(
+                f"state_dict: format_version {sd['format_version']!r} is not supported "
+                f"(expected {STATE_DICT_VERSION})"
+            )
+        if sd["optimizer"] != owner:
+            raise ValueError(f"state_dict: saved by {sd['optimizer']!r}, cannot load into {owner}")
+        step = sd["step_count"]
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"state_dict: step_count must be an integer >= 0, got {step!r}")
+        if not (len(sd["param_groups"]) == len(sd["state"]) == len(sd["host_state"])
+                == len(self._groups)):
+            raise ValueError(
+                f"state_dict: has {len(sd['param_groups'])} param groups, the optimizer has "
+                f"{len(self._groups)}"
+            )
+        plan = []
+        for k, (group, hyper, arrays, host) in enumerate(
+            zip(self._groups, sd["param_groups"], sd["state"], sd["host_state"])
+        ):
+            where = f"state_dict: param_groups[{k}]"
+            if hyper.get("num_params") != len(group.params) or hyper.get("numel") != group.numel:
+                raise ValueError(
+                    f"{where}: has {hyper.get('num_params')} params / {hyper.get('numel')} "
+                    f"elements, the optimizer's group has {len(group.params)} / {group.numel}"
+                )
+            merged = {**group.hyper}
+            for key, value in hyper.items():
+                if key in self.defaults:
+                    merged[key] = _restore(value)
+            if "lr_schedule" in hyper and callable(group.hyper["lr"]):
+                merged["lr"] = group.hyper["lr"]
+            try:
+                self._check(merged)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            names = self._select(merged).state_names
+            if set(arrays) != set(names):
+                raise ValueError(
+                    f"state_dict: state[{k}] has buffers {sorted(arrays)}, expected {sorted(names)}"
+                )
+            for name in names:
+                a = arrays[name]
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"state_dict: state[{k}][{name!r}] is not a NumPy array")
+                if a.shape != (group.numel,) or a.dtype != group.dtype:
+                    raise ValueError(
+                        f"state_dict: state[{k}][{name!r}] has shape {a.shape} and dtype "
+                        f"{a.dtype}, expected ({group.numel},) and {group.dtype}"
+                    )
+            expected_host = set(self._initial_host_state(merged))
+            if set(host) != expected_host:
+                raise ValueError(
+                    f"state_dict: host_state[{k}] has keys {sorted(host)}, expected "
+                    f"{sorted(expected_host)}"
+                )
+            plan.append((group, {k2: _restore(v) for k2, v in hyper.items()}, arrays,
+                         {key: float(v) for key, v in host.items()}))
+        return plan
+
+    # -------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self._groups):
+            lines.append(f"Parameter Group {i}: {len(group.params)} arrays, {group.numel} "
+                         f"elements, {group.dtype}, {group.device}")
+            for key, value in group.hyper.items():
+                if key != "params":
+                    lines.append(f"    {key}: {value!r}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ helpers
+def _as_group_dicts(params: Any, owner: str) -> list[dict[str, Any]]:
+    if isinstance(params, FlatParams):
+        return [{"params": params}]
+    if _is_array_like(params):
+        raise TypeError(
+            f"{owner}: params should be a list of arrays, a FlatParams or a list of param-group "
+            f"dicts, got a single {type(params).__name__}; wrap it in a list"
+        )
+    if isinstance(params, dict):
+        return [dict(params)]
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(
+            f"{owner}: params should be a list of arrays, a FlatParams or a list of param-group "
+            f"dicts, got {type(params).__name__}"
+        ) from None
+    if not items:
+        raise ValueError(f"{owner}: got an empty list of params")
+    if all(isinstance(x, dict) for x in items):
+        for i, x in enumerate(items):
+            if "params" not in x:
+                raise ValueError(f"{owner}: param group {i} has no 'params' key")
+        return [dict(x) for x in items]
+    if any(isinstance(x, dict) for x in items):
+        raise TypeError(f"{owner}: params mixes param-group dicts and arrays")
+    return [{"params": items}]
+
+
+def _check_lr(lr: Any, owner: str) -> None:
+    if callable(lr):
+        return
+    if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{owner}: invalid lr: expected a finite number >= 0 or a schedule, "
+                         f"got {lr!r}")
+
+
+def _check_optional_positive(x: Any, name: str, owner: str) -> float | None:
+    if x is None:
+        return None
+    if not _is_number(x) or not (x > 0) or math.isnan(x):
+        raise ValueError(f"{owner}: {name} must be a number > 0 or None, got {x!r}")
+    return float(x)
+
+
+def _current(lr: Any, steps_taken: int) -> float:
+    if callable(lr):
+        value = lr(steps_taken)
+        if not (_is_number(value) and math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"lr schedule {lr!r} returned {value!r} at step {steps_taken}; expected a "
+                "finite number >= 0"
+            )
+        return float(value)
+    return float(lr)
+
+
+def _full(group: Group, value: float) -> Any:
+    if group.device == "cuda":
+        from . import _gpu
+
+        return _gpu.full(group.numel, value, group.dtype)
+    return np.full(group.numel, value, dtype=group.dtype)
+
+
+def _to_host(buf: Any) -> np.ndarray:
+    if isinstance(buf, np.ndarray):
+        return buf.copy()
+    return buf.copy_to_host()
+
+
+def _copy_into(buf: Any, array: np.ndarray) -> None:
+    if isinstance(buf, np.ndarray):
+        buf[...] = array
+    else:
+        buf.copy_to_device(np.ascontiguousarray(array))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return tuple(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value

@@ -1,0 +1,171 @@
+"""Jit options in one place, and the template that turns one rule into its loops.
+
+A *rule* is the per-element math of an optimizer: an ``@rule`` function (numba
+``njit(inline="always")`` with no signature) whose arguments are, in order,
+
+``param, grad, <state values...>, <scalars...>``
+
+and which returns ``(new_param, <new state values...>)``. Its state arguments are
+named after the flat state buffers (``exp_avg``, ``exp_avg_sq``, ...). From that
+signature this module writes, from one template each, the loops that call it:
+
+- ``serial``:   ``@njit`` loop over one flat buffer;
+- ``parallel``: the same with ``prange`` (numba threads);
+- ``multi``:    one call for many separate parameter arrays (the list path): it
+  walks a table of addresses and sizes, so a step over 1000 arrays is one call;
+- ``cuda``:     ``@cuda.jit`` grid-stride kernel (built lazily, see ``_gpu``).
+
+The generated functions are compiled from source text attributed to this file so
+that numba's on-disk cache (``cache=True``) finds them again in a new process; their
+names carry a hash of the rule sources, so editing a rule invalidates the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from functools import cached_property
+
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["rule", "Kernel"]
+
+_FASTMATH = False
+
+
+def rule(fn):
+    """Mark ``fn`` as an update rule: inlined into every loop that calls it."""
+    return njit(inline="always", error_model="numpy", fastmath=_FASTMATH)(fn)
+
+
+@intrinsic
+def _void_pointer(typingctx, address):
+    """Reinterpret an integer address as ``void*`` (for ``numba.carray``)."""
+    sig = types.voidptr(address)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+def _source_hash() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in ("_jit.py", "_rules.py"):
+        with open(os.path.join(here, name), "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()[:10]
+
+
+_SOURCE_HASH = _source_hash()
+
+_FLAT_TEMPLATE = """
+def {name}(param, grad{states}{scalars}):
+    for i in {range}(param.shape[0]):
+        param[i]{states_i}, = rule(param[i], grad[i]{states_i}{scalars})
+"""
+
+_MULTI_TEMPLATE = """
+def {name}(param_addresses, grad_addresses, offsets, like{states}{scalars}):
+    for j in {range}(param_addresses.shape[0]):
+        start = offsets[j]
+        n = offsets[j + 1] - start
+        param = carray(void_pointer(param_addresses[j]), n, like.dtype)
+        grad = carray(void_pointer(grad_addresses[j]), n, like.dtype)
+        for i in range(n):
+            param[i]{states_k}, = rule(param[i], grad[i]{states_k}{scalars})
+"""
+
+_CUDA_TEMPLATE = """
+def {name}(param, grad{states}{scalars}):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, param.shape[0], stride):
+        param[i]{states_i}, = rule(param[i], grad[i]{states_i}{scalars})
+"""
+
+
+class Kernel:
+    """The loops generated from one rule.
+
+    Parameters
+    ----------
+    rule_fn
+        An ``@rule`` dispatcher.
+    state_names
+        The names of its state arguments (the flat buffers it reads and writes).
+    """
+
+    def __init__(self, rule_fn, state_names: tuple[str, ...]):
+        self.rule = rule_fn
+        self.name = rule_fn.py_func.__name__
+        args = list(inspect.signature(rule_fn.py_func).parameters)
+        if args[:2] != ["param", "grad"] or tuple(args[2 : 2 + len(state_names)]) != state_names:
+            raise TypeError(f"rule {self.name} must take (param, grad, {', '.join(state_names)}, ...)")
+        self.state_names = tuple(state_names)
+        self.scalar_names = tuple(args[2 + len(state_names) :])
+
+    def _format(self, template: str, suffix: str, parallel: bool) -> str:
+        # Every piece starts with ", " (or is empty), so rules without state need no
+        # special case: ``param[i], = rule(param[i], grad[i], lr)`` is valid Python.
+        states = "".join(f", {s}" for s in self.state_names)
+        scalars = "".join(f", {s}" for s in self.scalar_names)
+        states_i = "".join(f", {s}[i]" for s in self.state_names)
+        states_k = "".join(f", {s}[start + i]" for s in self.state_names)
+        return template.format(
+            name=f"{self.name}_{suffix}_{_SOURCE_HASH}",
+            states=states,
+            scalars=scalars,
+            states_i=states_i,
+            states_k=states_k,
+            range="prange" if parallel else "range",
+        )
+
+    def _build(self, template: str, suffix: str, parallel: bool, extra_globals: dict):
+        source = self._format(template, suffix, parallel)
+        namespace = {
+            "__name__": __name__,
+            "rule": self.rule,
+            "prange": prange,
+            "carray": carray,
+            "void_pointer": _void_pointer,
+            **extra_globals,
+        }
+        # Attributed to this file (at a line past its end) so numba's cache can locate it.
+        code = compile("\n" * 2000 + source, __file__, "exec")
+        exec(code, namespace)
+        return namespace[f"{self.name}_{suffix}_{_SOURCE_HASH}"]
+
+    def _cpu(self, template: str, suffix: str, parallel: bool):
+        fn = self._build(template, suffix, parallel, {})
+        return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH)(fn)
+
+    @cached_property
+    def serial(self):
+        return self._cpu(_FLAT_TEMPLATE, "serial", False)
+
+    @cached_property
+    def parallel(self):
+        return self._cpu(_FLAT_TEMPLATE, "parallel", True)
+
+    @cached_property
+    def multi_serial(self):
+        return self._cpu(_MULTI_TEMPLATE, "multi_serial", False)
+
+    @cached_property
+    def multi_parallel(self):
+        return self._cpu(_MULTI_TEMPLATE, "multi_parallel", True)
+
+    @cached_property
+    def cuda(self):
+        from numba import cuda
+
+        fn = self._build(_CUDA_TEMPLATE, "cuda", False, {"cuda": cuda})
+        return cuda.jit(fn)
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name}, states={self.state_names}, scalars={self.scalar_names})"

@@ -1,0 +1,557 @@
+"""The optimizers: thin classes that validate, keep state and compute host scalars.
+
+Every class takes torch.optim's name, keywords and defaults. The math of each rule
+lives in ``_rules`` (one function for the CPU loop and the CUDA kernel); here the
+per-step scalars (bias corrections, step sizes) are computed on the host in float64.
+
+Options shared by every optimizer (keyword-only):
+
+- ``nonfinite``: ``"apply"`` (default, as torch), ``"skip"`` (skip the whole step when
+  a gradient has NaN/Inf; ``skipped_steps`` counts them) or ``"raise"``
+  (``FloatingPointError``, nothing changed);
+- ``max_grad_norm``: clip the global gradient norm (as ``clip_grad_norm_``), fused;
+- ``clip_value``: clip each gradient element to ``[-clip_value, clip_value]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import _rules
+from ._base import Optimizer, _is_number
+from ._jit import Kernel
+
+__all__ = [
+    "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
+    "Yogi",
+]
+
+_SGD = Kernel(_rules.sgd, ())
+_SGD_MOMENTUM = Kernel(_rules.sgd_momentum, ("momentum_buffer",))
+_ADAGRAD = Kernel(_rules.adagrad, ("sum",))
+_RMSPROP = {
+    (False, False): Kernel(_rules.rmsprop, ("square_avg",)),
+    (True, False): Kernel(_rules.rmsprop_centered, ("square_avg", "grad_avg")),
+    (False, True): Kernel(_rules.rmsprop_momentum, ("square_avg", "momentum_buffer")),
+    (True, True): Kernel(
+        _rules.rmsprop_centered_momentum, ("square_avg", "grad_avg", "momentum_buffer")
+    ),
+}
+_ADADELTA = Kernel(_rules.adadelta, ("square_avg", "acc_delta"))
+_ADAM = Kernel(_rules.adam, ("exp_avg", "exp_avg_sq"))
+_ADAM_AMSGRAD = Kernel(_rules.adam_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+_ADAMAX = Kernel(_rules.adamax, ("exp_avg", "exp_inf"))
+_NADAM = Kernel(_rules.nadam, ("exp_avg", "exp_avg_sq"))
+_RADAM = Kernel(_rules.radam, ("exp_avg", "exp_avg_sq"))
+_YOGI = Kernel(_rules.yogi, ("exp_avg", "exp_avg_sq"))
+
+
+# ----------------------------------------------------------------- checks
+def _number(hyper: dict, key: str, owner: str, low: float = 0.0, high: float | None = None,
+            high_open: bool = True) -> float:
+    x = hyper[key]
+    if not _is_number(x) or math.isnan(x):
+        raise ValueError(f"{owner}: invalid {key}: expected a number, got {x!r}")
+    ok = x >= low and (high is None or (x < high if high_open else x <= high)) and (
+        high is not None or math.isfinite(x)
+    )
+    if not ok:
+        bound = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
+        raise ValueError(f"{owner}: invalid {key}: expected a finite value >= {low}{bound}, "
+                         f"got {x!r}")
+    return float(x)
+
+
+def _betas(hyper: dict, owner: str) -> tuple[float, float]:
+    betas = hyper["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{owner}: invalid betas: expected a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not _is_number(b) or not 0.0 <= b < 1.0:
+            raise ValueError(f"{owner}: invalid betas[{i}]: expected 0.0 <= betas[{i}] < 1.0, "
+                             f"got {b!r}")
+    return float(betas[0]), float(betas[1])
+
+
+def _flag(hyper: dict, key: str, owner: str) -> bool:
+    x = hyper[key]
+    if not isinstance(x, bool):
+        raise TypeError(f"{owner}: invalid {key}: expected True or False, got {x!r}")
+    return x
+
+
+class _Checked(Optimizer):
+    """Optimizers whose hyperparameters are lr, numbers in [0, inf) and flags."""
+
+    _nonneg: tuple[str, ...] = ("eps", "weight_decay")
+    _bools: tuple[str, ...] = ("maximize",)
+
+    def _check(self, hyper: dict[str, Any]) -> None:
+        super()._check(hyper)
+        owner = type(self).__name__
+        for key in self._nonneg:
+            _number(hyper, key, owner)
+        for key in self._bools:
+            _flag(hyper, key, owner)
+        if "betas" in hyper:
+            _betas(hyper, owner)
+
+
+# -------------------------------------------------------------------- SGD
+class SGD(_Checked):
+    r"""Stochastic gradient descent with momentum (torch.optim.SGD semantics).
+
+    .. math::
+
+        g_t &= \nabla f(\theta_{t-1}) + \lambda \theta_{t-1} \\
+        b_t &= \mu b_{t-1} + (1 - \tau) g_t \quad (b_1 = g_1) \\
+        \theta_t &= \theta_{t-1} - \gamma\,(g_t + \mu b_t \text{ if nesterov else } b_t)
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float, default 1e-3
+        Learning rate :math:`\gamma` (or a schedule).
+    momentum : float, default 0
+        :math:`\mu`; 0 keeps no state.
+    dampening : float, default 0
+        :math:`\tau`.
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda`.
+    nesterov : bool, default False
+        Nesterov momentum (Sutskever et al., 2013); needs momentum > 0 and dampening 0.
+    maximize : bool, default False
+        Maximize the objective.
+
+    References
+    ----------
+    Robbins & Monro (1951); Polyak (1964); Sutskever et al. (2013).
+    """
+
+    _nonneg = ("momentum", "dampening", "weight_decay")
+    _bools = ("nesterov", "maximize")
+
+    def __init__(self, params: Any, lr: Any = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize), **options)
+
+    def _check(self, hyper: dict[str, Any]) -> None:
+        super()._check(hyper)
+        if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
+            raise ValueError("SGD: nesterov momentum requires a momentum > 0 and zero dampening")
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _SGD_MOMENTUM if hyper["momentum"] != 0 else _SGD
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        momentum = hyper["momentum"]
+        if momentum == 0:
+            return (hyper["weight_decay"], lr)
+        first = step == 1
+        return (
+            hyper["weight_decay"], lr,
+            0.0 if first else momentum,
+            1.0 if first else 1.0 - hyper["dampening"],
+            1.0 if hyper["nesterov"] else 0.0,
+            momentum,
+        )
+
+
+# ---------------------------------------------------------------- Adagrad
+class Adagrad(_Checked):
+    r"""Adagrad (torch.optim.Adagrad semantics).
+
+    .. math::
+
+        g_t &= \nabla f(\theta_{t-1}) + \lambda \theta_{t-1}, \qquad
+        \tilde\gamma = \gamma / (1 + (t - 1)\,\eta) \\
+        s_t &= s_{t-1} + g_t^2 \quad (s_0 = \text{initial\_accumulator\_value}) \\
+        \theta_t &= \theta_{t-1} - \tilde\gamma\, g_t / (\sqrt{s_t} + \epsilon)
+
+    Defaults: lr=1e-2, lr_decay :math:`\eta` = 0, weight_decay=0,
+    initial_accumulator_value=0, eps=1e-10.
+
+    References
+    ----------
+    Duchi, Hazan & Singer (2011), Adaptive Subgradient Methods. JMLR 12.
+    """
+
+    _nonneg = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+
+    def __init__(self, params: Any, lr: Any = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10, *, maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _ADAGRAD
+
+    def _initial(self, hyper: dict[str, Any]) -> dict[str, float]:
+        return {"sum": hyper["initial_accumulator_value"]}
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        clr = lr / (1.0 + (step - 1) * hyper["lr_decay"])
+        return (hyper["weight_decay"], clr, hyper["eps"])
+
+
+# ---------------------------------------------------------------- RMSprop
+class RMSprop(_Checked):
+    r"""RMSprop (torch.optim.RMSprop semantics).
+
+    .. math::
+
+        v_t &= \alpha v_{t-1} + (1 - \alpha) g_t^2, \qquad
+        \bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t \ \text{(centered)} \\
+        d_t &= \sqrt{v_t - \bar g_t^2} + \epsilon \ \text{(centered) or } \sqrt{v_t} + \epsilon \\
+        b_t &= \mu b_{t-1} + g_t / d_t, \qquad \theta_t = \theta_{t-1} - \gamma b_t
+        \quad (\mu > 0;\ \text{else } \theta_t = \theta_{t-1} - \gamma g_t / d_t)
+
+    Defaults: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False.
+
+    References
+    ----------
+    Hinton, Lecture 6e of "Neural Networks for Machine Learning" (2012);
+    Graves (2013), Generating Sequences With Recurrent Neural Networks (centered form).
+    """
+
+    _nonneg = ("alpha", "eps", "weight_decay", "momentum")
+    _bools = ("centered", "maximize")
+
+    def __init__(self, params: Any, lr: Any = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize),
+                         **options)
+
+    def _check(self, hyper: dict[str, Any]) -> None:
+        super()._check(hyper)
+        _number(hyper, "alpha", "RMSprop", 0.0, 1.0, high_open=False)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _RMSPROP[(hyper["centered"], hyper["momentum"] > 0)]
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        alpha = hyper["alpha"]
+        base = (hyper["weight_decay"], lr, alpha, 1.0 - alpha, hyper["eps"])
+        return base + ((hyper["momentum"],) if hyper["momentum"] > 0 else ())
+
+
+# --------------------------------------------------------------- Adadelta
+class Adadelta(_Checked):
+    r"""Adadelta (torch.optim.Adadelta semantics).
+
+    .. math::
+
+        v_t &= \rho v_{t-1} + (1 - \rho) g_t^2 \\
+        \Delta_t &= \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, g_t, \qquad
+        u_t = \rho u_{t-1} + (1 - \rho) \Delta_t^2 \\
+        \theta_t &= \theta_{t-1} - \gamma \Delta_t
+
+    Defaults: lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.
+
+    References
+    ----------
+    Zeiler (2012), ADADELTA: An Adaptive Learning Rate Method. arXiv:1212.5701.
+    """
+
+    _nonneg = ("rho", "eps", "weight_decay")
+
+    def __init__(self, params: Any, lr: Any = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0.0, *, maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize), **options)
+
+    def _check(self, hyper: dict[str, Any]) -> None:
+        super()._check(hyper)
+        _number(hyper, "rho", "Adadelta", 0.0, 1.0, high_open=False)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _ADADELTA
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        rho = hyper["rho"]
+        return (hyper["weight_decay"], lr, rho, 1.0 - rho, hyper["eps"])
+
+
+# ------------------------------------------------------------ Adam family
+class Adam(_Checked):
+    r"""Adam (torch.optim.Adam semantics), with AMSGrad and optax's ``eps_root``.
+
+    .. math::
+
+        g_t &= \nabla f(\theta_{t-1}) + \lambda \theta_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \hat v_t &= \max(\hat v_{t-1}, v_t) \ \text{(amsgrad) or } v_t \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}\,
+                    \frac{m_t}{\sqrt{\hat v_t / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float or schedule, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+        Added outside the square root (torch); see ``eps_root`` for inside.
+    weight_decay : float, default 0
+        L2 penalty added to the gradient (use :class:`AdamW` for decoupled decay).
+    amsgrad : bool, default False
+        Use the running maximum of :math:`v_t` (Reddi et al., 2018).
+    maximize : bool, default False
+    eps_root : float, default 0
+        optax's epsilon inside the square root.
+    amsgrad_bias_correction : bool, default True
+        False gives AMSGrad in Reddi et al.'s original form: no bias correction of
+        either moment (torch and optax bias-correct).
+
+    References
+    ----------
+    Kingma & Ba (2015), Adam: A Method for Stochastic Optimization. ICLR.
+    Reddi, Kale & Kumar (2018), On the Convergence of Adam and Beyond. ICLR.
+    """
+
+    _nonneg = ("eps", "weight_decay", "eps_root")
+    _bools = ("amsgrad", "maximize", "amsgrad_bias_correction")
+    _decoupled = False
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 maximize: bool = False, eps_root: float = 0.0,
+                 amsgrad_bias_correction: bool = True, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize, eps_root=eps_root,
+                                      amsgrad_bias_correction=amsgrad_bias_correction),
+                         **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _ADAM_AMSGRAD if hyper["amsgrad"] else _ADAM
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        wd = hyper["weight_decay"]
+        if hyper["amsgrad"] and not hyper["amsgrad_bias_correction"]:
+            bias_correction1 = bias_correction2 = 1.0
+        else:
+            bias_correction1 = 1.0 - beta1**step
+            bias_correction2 = 1.0 - beta2**step
+        l2, decay_factor = (0.0, 1.0 - lr * wd) if self._decoupled else (wd, 1.0)
+        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1,
+                1.0 / bias_correction2, hyper["eps_root"], hyper["eps"])
+
+
+class AdamW(Adam):
+    r"""AdamW: Adam with decoupled weight decay (torch.optim.AdamW semantics).
+
+    .. math::
+
+        \theta_t = (1 - \gamma\lambda)\,\theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}\,
+                   \frac{m_t}{\sqrt{\hat v_t / (1 - \beta_2^t)} + \epsilon}
+
+    with :math:`m_t, \hat v_t` as in :class:`Adam` (no decay in the gradient).
+    Defaults as Adam except weight_decay=1e-2.
+
+    References
+    ----------
+    Loshchilov & Hutter (2019), Decoupled Weight Decay Regularization. ICLR.
+    """
+
+    _decoupled = True
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, eps_root: float = 0.0,
+                 amsgrad_bias_correction: bool = True, **options: Any) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         eps_root=eps_root, amsgrad_bias_correction=amsgrad_bias_correction,
+                         **options)
+
+
+class Adamax(_Checked):
+    r"""Adamax, Adam with the infinity norm (torch.optim.Adamax semantics).
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t} \frac{m_t}{u_t}
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2).
+
+    References
+    ----------
+    Kingma & Ba (2015), Adam, section 7.1.
+    """
+
+    def __init__(self, params: Any, lr: Any = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _ADAMAX
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        return (hyper["weight_decay"], 1.0 - beta1, beta2, hyper["eps"],
+                lr / (1.0 - beta1**step))
+
+
+class NAdam(_Checked):
+    r"""NAdam, Adam with Nesterov momentum (torch.optim.NAdam semantics).
+
+    .. math::
+
+        \mu_t &= \beta_1 \left(1 - \tfrac12\, 0.96^{t \psi}\right), \qquad
+        \Pi_t = \textstyle\prod_{i \le t} \mu_i \\
+        \theta_t &= \theta_{t-1}
+            - \gamma \frac{1 - \mu_t}{1 - \Pi_t} \frac{g_t}{\sqrt{\hat v_t} + \epsilon}
+            - \gamma \frac{\mu_{t+1}}{1 - \Pi_{t+1}} \frac{m_t}{\sqrt{\hat v_t} + \epsilon}
+
+    with :math:`\hat v_t = v_t / (1 - \beta_2^t)` and :math:`\psi` = momentum_decay.
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+    momentum_decay=4e-3, decoupled_weight_decay=False.
+
+    References
+    ----------
+    Dozat (2016), Incorporating Nesterov Momentum into Adam. ICLR workshop.
+    """
+
+    _nonneg = ("eps", "weight_decay", "momentum_decay")
+    _bools = ("decoupled_weight_decay", "maximize")
+
+    def __init__(self, params: Any, lr: Any = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _NADAM
+
+    def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
+        return {"mu_product": 1.0}
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        psi = hyper["momentum_decay"]
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * psi))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
+        mu_product = host["mu_product"] * mu
+        host["mu_product"] = mu_product
+        wd = hyper["weight_decay"]
+        l2, decay_factor = (0.0, 1.0 - lr * wd) if hyper["decoupled_weight_decay"] else (wd, 1.0)
+        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta2**step),
+                hyper["eps"], lr * (1.0 - mu) / (1.0 - mu_product),
+                lr * mu_next / (1.0 - mu_product * mu_next))
+
+
+class RAdam(_Checked):
+    r"""RAdam, rectified Adam (torch.optim.RAdam semantics).
+
+    .. math::
+
+        \rho_\infty &= \frac{2}{1 - \beta_2} - 1, \qquad
+        \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t} \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t} m_t \cdot
+        \begin{cases}
+            r_t \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon} & \rho_t > 5 \\
+            1 & \text{otherwise}
+        \end{cases}, \qquad
+        r_t = \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+                          {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}}
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+    decoupled_weight_decay=False.
+
+    References
+    ----------
+    Liu et al. (2020), On the Variance of the Adaptive Learning Rate and Beyond. ICLR.
+    """
+
+    _bools = ("decoupled_weight_decay", "maximize")
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _RADAM
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        rho_inf = 2.0 / (1.0 - beta2) - 1.0
+        rho_t = rho_inf - 2.0 * step * beta2**step / bias_correction2
+        wd = hyper["weight_decay"]
+        l2, decay_factor = (0.0, 1.0 - lr * wd) if hyper["decoupled_weight_decay"] else (wd, 1.0)
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            rectified, step_size = 1.0, lr * rect * math.sqrt(bias_correction2) / bias_correction1
+        else:
+            rectified, step_size = 0.0, lr / bias_correction1
+        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, hyper["eps"], rectified,
+                step_size)
+
+
+class Yogi(_Checked):
+    r"""Yogi (optax / torch-optimizer semantics, bias-corrected).
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &= v_{t-1} - (1 - \beta_2)\,\operatorname{sign}(v_{t-1} - g_t^2)\, g_t^2 \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}
+                    \frac{m_t}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+
+    Both moments start at ``initial_accumulator_value``. Unlike Adam, :math:`v_t`
+    changes additively and by at most :math:`(1-\beta_2) g_t^2`, so it cannot forget
+    large past gradients within a few steps.
+
+    Defaults: lr=1e-2, betas=(0.9, 0.999), eps=1e-3, initial_accumulator_value=1e-6,
+    weight_decay=0 (L2).
+
+    References
+    ----------
+    Zaheer, Reddi, Sachan, Kale & Kumar (2018), Adaptive Methods for Nonconvex
+    Optimization. NeurIPS.
+    """
+
+    _nonneg = ("eps", "weight_decay", "initial_accumulator_value")
+
+    def __init__(self, params: Any, lr: Any = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-3, initial_accumulator_value: float = 1e-6,
+                 weight_decay: float = 0.0, *, maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      weight_decay=weight_decay, maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _YOGI
+
+    def _initial(self, hyper: dict[str, Any]) -> dict[str, float]:
+        value = hyper["initial_accumulator_value"]
+        return {"exp_avg": value, "exp_avg_sq": value}
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        return (hyper["weight_decay"], 1.0 - beta1, 1.0 - beta2, lr / (1.0 - beta1**step),
+                1.0 / (1.0 - beta2**step), hyper["eps"])
