@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_cuda_array", "cuda_module", "as_cuda_array", "as_host_array", "config"]
+__all__ = ["is_cuda_array", "device_address", "cuda_module", "as_cuda_array", "as_host_array", "config"]
 
 
 class _Config:
@@ -39,9 +39,23 @@ class _Config:
 config = _Config()
 
 
+def _is_simulated(x: Any) -> bool:
+    # numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) arrays expose no interface
+    return type(x).__module__.startswith("numba.cuda.simulator")
+
+
 def is_cuda_array(x: Any) -> bool:
     """True for anything that exposes ``__cuda_array_interface__`` (and is no NumPy array)."""
-    return not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__")
+    if isinstance(x, np.ndarray):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or _is_simulated(x)
+
+
+def device_address(x: Any) -> int:
+    """The device pointer of a CUDA array (its host buffer under the simulator)."""
+    if _is_simulated(x):
+        return x._ary.__array_interface__["data"][0]
+    return x.__cuda_array_interface__["data"][0]
 
 
 def cuda_module():
@@ -65,7 +79,7 @@ def cuda_module():
 def as_cuda_array(x: Any):
     """A numba device-array view of any ``__cuda_array_interface__`` object (no copy)."""
     cuda = cuda_module()
-    if cuda.is_cuda_array(x) and type(x).__module__.startswith("numba"):
+    if type(x).__module__.startswith("numba.cuda"):
         return x
     return cuda.as_cuda_array(x)
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import _cpu
-from ._backend import as_cuda_array, config, is_cuda_array
+from ._backend import as_cuda_array, config, device_address, is_cuda_array
 from ._jit import Kernel
 from .flat import FlatParams
 
@@ -129,7 +129,7 @@ def _check_no_aliasing(params: list[Any], owner: str) -> None:
         if isinstance(p, np.ndarray):
             start = _cpu.address_of(p)
         else:
-            start = p.__cuda_array_interface__["data"][0]
+            start = device_address(p)
         nbytes = int(p.size) * p.dtype.itemsize
         if nbytes:
             spans.append((start, start + nbytes, i))

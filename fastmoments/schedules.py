@@ -12,11 +12,13 @@ first update, ``1`` for the second, ... This is optax's ``count`` and torch's
 ``scheduler.last_epoch`` when ``scheduler.step()`` is called once after every
 ``optimizer.step()`` (the learning rate used by the ``k``-th update, counting from
 0, is the one torch's scheduler holds after ``k`` calls to ``scheduler.step()``).
-Every schedule below is written in closed form, so ``schedule(k)`` equals torch's
-``_get_closed_form_lr()`` at ``last_epoch = k``; torch's default, chainable
-(recursive) form agrees with it up to rounding.
+Every schedule is written in closed form; where torch has an equivalent
+scheduler, ``schedule(k)`` equals its ``_get_closed_form_lr()`` at
+``last_epoch = k`` (or its rates exactly, when it has no closed form), and torch's
+default, chainable (recursive) form agrees up to rounding. The class docstrings
+say where torch and optax differ and which is followed.
 
-Calls are cheap (a few float operations, no numpy, about a microsecond): an
+Calls are cheap (a few float operations, no numpy, under a microsecond): an
 optimizer may call its schedule on every step. Schedules are pure functions of
 ``step`` and are immutable, hashable and comparable, and their ``repr`` shows
 their settings.
