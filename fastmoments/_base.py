@@ -24,13 +24,31 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
+class ParamGroup(dict):
+    """A param group: a plain dict of hyperparameters (and ``"params"``), as in torch.
+
+    Edits (``opt.param_groups[0]["lr"] = 0.1``) mark it dirty, so the next step
+    validates the new values before using them, at no cost to steps without edits.
+    """
+
+    dirty = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.dirty = True
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self.dirty = True
+
+
 class Group:
     """Internal view of one param group: its arrays, flat state buffers and addresses."""
 
     __slots__ = (
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
-        "host_state", "param_addresses", "grad_addresses", "like", "checked", "kernel",
-        "index_base",
+        "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
+        "scalars",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -82,8 +100,8 @@ class Group:
         self.grad_addresses = np.zeros(len(params), dtype=np.int64)
         self.state: dict[str, Any] = {}
         self.host_state: dict[str, float] = {}
-        self.checked: tuple | None = None
         self.kernel: Kernel | None = None
+        self.scalars = np.empty(0, dtype=self.dtype)
 
     def views(self, name: str) -> list[Any]:
         """Per-parameter views of the flat state buffer ``name``."""
@@ -187,7 +205,7 @@ class Optimizer:
             unknown = set(gd) - set(self.defaults) - {"params"}
             if unknown:
                 raise ValueError(f"{owner}: unknown param-group keys {sorted(unknown)}")
-            hyper = {**self.defaults, **gd}
+            hyper = ParamGroup({**self.defaults, **gd})
             self._check(hyper)
             group = Group(hyper, index, owner)
             index += len(group.params)
@@ -233,12 +251,10 @@ class Optimizer:
                 state[name] = _full(group, init.get(name, 0.0))
         group.state = state
         group.kernel = kernel
+        group.scalars = np.empty(len(kernel.scalar_names), dtype=group.dtype)
         if fresh:
             group.host_state = self._initial_host_state(group.hyper)
-        group.checked = self._hyper_key(group.hyper)
-
-    def _hyper_key(self, hyper: dict) -> tuple:
-        return tuple(v for k, v in hyper.items() if k != "params")
+        group.hyper.dirty = False
 
     def _revalidate(self, group: Group) -> None:
         """Hyperparameters edited through ``param_groups``: check them before use."""
@@ -269,8 +285,7 @@ class Optimizer:
     def lr(self, value: float | Callable[[int], float]) -> None:
         _check_lr(value, type(self).__name__)
         for group in self._groups:
-            group.hyper["lr"] = value
-            group.checked = self._hyper_key(group.hyper)
+            dict.__setitem__(group.hyper, "lr", value)
 
     # ------------------------------------------------------------------- step
     def zero_grad(self) -> None:
@@ -302,7 +317,7 @@ class Optimizer:
         if not (_is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0):
             raise ValueError(f"grad_scale: expected a finite number > 0, got {grad_scale!r}")
         for group in self._groups:
-            if group.checked != self._hyper_key(group.hyper):
+            if group.hyper.dirty:
                 self._revalidate(group)
         clip_coef = 1.0
         norm = None
@@ -386,6 +401,7 @@ class Optimizer:
                 continue
             addresses = []
             dtype = group.dtype
+            address_of = _cpu.address_of
             for j, (g, p) in enumerate(zip(mine, group.params)):
                 if (
                     type(g) is not np.ndarray
@@ -394,7 +410,7 @@ class Optimizer:
                     or g.strides != p.strides
                 ):
                     g = self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
-                addresses.append(g.__array_interface__["data"][0])
+                addresses.append(address_of(g))
             pending.append((group, addresses))
             sources.append(None)
         for group, addresses in pending:
@@ -445,24 +461,23 @@ class Optimizer:
         return total
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
-        dtype = group.dtype.type
-        args = tuple(map(dtype, scalars))
+        args = group.scalars
+        args[:] = scalars  # cast to the buffer dtype once, on the host
         kernel = group.kernel
-        states = tuple(group.state.values())
+        states = group.state.values()
         if group.device == "cuda":
-            self._run_cuda(group, source, kernel, states, args)
+            self._run_cuda(group, source, kernel, tuple(states), tuple(args))
         elif source is None:
             loop = (
                 kernel.multi_parallel
                 if group.numel >= config.parallel_threshold and len(group.params) > 1
                 else kernel.multi_serial
             )
-            loop(group.param_addresses, group.grad_addresses, group.offsets, group.like,
-                 *states, *args)
+            loop(group.param_addresses, group.grad_addresses, group.offsets, *states, args)
         else:
             flat = group.flat.data
             loop = kernel.parallel if group.numel >= config.parallel_threshold else kernel.serial
-            loop(flat, source, *states, *args)
+            loop(flat, source, *states, args)
 
     def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
         from . import _gpu

