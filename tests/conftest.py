@@ -1,0 +1,15 @@
+"""Test session setup.
+
+The CUDA kernels are tested under numba's simulator unless a real GPU run is asked
+for with FASTMOMENTS_REAL_GPU=1. The simulator has to be chosen before numba is
+imported, which is why it is set here, at the top of the first conftest.
+"""
+
+import os
+import sys
+
+if os.environ.get("FASTMOMENTS_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+# tests/ holds shared helpers (reference.py, cases.py) imported as top-level modules
+sys.path.insert(0, os.path.dirname(__file__))

@@ -1,0 +1,228 @@
+"""The core family against the NumPy reference and torch.optim, across every path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+from cases import CASES, TORCH_HAS, case_id, problem
+
+import fastmoments as fm
+
+STEPS = 60
+
+
+def run_fm(name, kwargs, params, grad, steps=STEPS, wrap=lambda ps: ps):
+    opt = getattr(fm, name)(wrap(params), **kwargs)
+    for t in range(steps):
+        opt.step(grad(params, t))
+    return opt
+
+
+def run_reference(name, kwargs, params, grad, steps=STEPS):
+    opt = reference.REFERENCES[name](params, **kwargs)
+    for t in range(steps):
+        opt.step(grad(params, t))
+    return opt
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matches_reference(case, dtype):
+    name, kwargs = case
+    params, grad = problem(dtype=dtype)
+    mine = [p.copy() for p in params]
+    ref = [p.copy() for p in params]
+    run_fm(name, kwargs, mine, grad)
+    run_reference(name, kwargs, ref, grad)
+    rtol, atol = (1e-9, 1e-12) if dtype == np.float64 else (2e-4, 2e-5)
+    for a, b in zip(mine, ref):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    # the run moved the parameters (a rule that did nothing would pass the comparison
+    # only if the reference did nothing too)
+    assert any(not np.array_equal(a, p) for a, p in zip(mine, params) if a.size)
+
+
+@pytest.fixture
+def torch64():
+    torch = pytest.importorskip("torch")
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # torch keeps step / mu_product in this dtype
+    yield torch
+    torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in TORCH_HAS], ids=case_id)
+def test_matches_torch(case, torch64):
+    torch = torch64
+    name, kwargs = case
+    params, grad = problem()
+    mine = [p.copy() for p in params]
+    opt = getattr(fm, name)(mine, **kwargs)
+    tensors = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    topt = getattr(torch.optim, name)(tensors, foreach=False, **kwargs)
+    for t in range(STEPS):
+        opt.step(grad(mine, t))
+        current = [x.detach().numpy() for x in tensors]
+        for x, g in zip(tensors, grad(current, t)):
+            x.grad = torch.from_numpy(g)
+        topt.step()
+    for a, x in zip(mine, tensors):
+        np.testing.assert_allclose(a, x.detach().numpy(), rtol=1e-9, atol=1e-12)
+    # the state agrees too (same names as torch)
+    for j, x in enumerate(tensors):
+        for key, value in topt.state[x].items():
+            if key in opt.state[j]:
+                np.testing.assert_allclose(opt.state[j][key], value.numpy(), rtol=1e-9,
+                                           atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_list_flat_and_groups_identical(case, dtype):
+    name, kwargs = case
+    params, grad = problem(dtype=dtype, steps=20)
+    as_list = [p.copy() for p in params]
+    run_fm(name, kwargs, as_list, grad, steps=20)
+
+    flat = fm.FlatParams([p.copy() for p in params])
+    opt = getattr(fm, name)(flat, **kwargs)
+    for t in range(20):
+        for view, g in zip(flat.grads, grad(flat.params, t)):
+            view[...] = g
+        opt.step()
+
+    groups = [p.copy() for p in params]
+    opt = getattr(fm, name)([{"params": groups[:2]}, {"params": groups[2:]}], **kwargs)
+    for t in range(20):
+        opt.step(grad(groups, t))
+
+    for a, b, c in zip(as_list, flat.params, groups):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_parallel_kernels_identical(case, monkeypatch):
+    name, kwargs = case
+    params, grad = problem(steps=10)
+    serial = [p.copy() for p in params]
+    run_fm(name, kwargs, serial, grad, steps=10)
+    monkeypatch.setattr(fm.config, "parallel_threshold", 1)
+    parallel = [p.copy() for p in params]
+    run_fm(name, kwargs, parallel, grad, steps=10)
+    flat = fm.FlatParams([p.copy() for p in params])
+    opt = getattr(fm, name)(flat, **kwargs)
+    for t in range(10):
+        opt.step(np.concatenate([g.ravel() for g in grad(flat.params, t)]))
+    for a, b, c in zip(serial, parallel, flat.params):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_state_dict_round_trip_continues_identically(case):
+    name, kwargs = case
+    params, grad = problem(steps=30)
+    a = [p.copy() for p in params]
+    opt_a = run_fm(name, kwargs, a, grad, steps=15)
+    saved = opt_a.state_dict()
+    b = [p.copy() for p in a]
+    opt_b = getattr(fm, name)(b, **kwargs)
+    opt_b.load_state_dict(saved)
+    assert opt_b.step_count == 15
+    for t in range(15, 30):
+        opt_a.step(grad(a, t))
+        opt_b.step(grad(b, t))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    # the saved dict is a copy: stepping did not change it
+    again = opt_a.state_dict()
+    assert again["step_count"] == 30 and saved["step_count"] == 15
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float32_stays_float32(dtype):
+    p = [np.ones((4, 3), dtype=dtype)]
+    opt = fm.Adam(p, lr=0.1, amsgrad=True)
+    opt.step([np.full((4, 3), 0.5, dtype=dtype)])
+    assert p[0].dtype == dtype
+    assert all(buf.dtype == dtype for buf in opt.state[0].values())
+    assert opt._groups[0].scalars.dtype == dtype
+
+
+def test_zero_size_parameter_only():
+    p = [np.zeros((0, 3))]
+    opt = fm.Adam(p)
+    opt.step([np.zeros((0, 3))])
+    assert opt.step_count == 1
+
+
+def test_lr_settable_and_schedule():
+    params, grad = problem(steps=6)
+    a = [p.copy() for p in params]
+    opt = fm.SGD(a, lr=0.1)
+    assert opt.lr == 0.1
+    opt.step(grad(a, 0))
+    opt.lr = 0.01
+    assert opt.lr == 0.01 and opt.param_groups[0]["lr"] == 0.01
+    opt.step(grad(a, 1))
+
+    b = [p.copy() for p in params]
+    ref = reference.SGD(b, lr=0.1)
+    ref.step(grad(b, 0))
+    ref = reference.SGD(b, lr=0.01)
+    ref.step(grad(b, 1))
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+
+    c = [p.copy() for p in params]
+    opt = fm.SGD(c, lr=lambda step: 0.1 * 0.5**step)
+    assert opt.lr == 0.1
+    for t in range(3):
+        opt.step(grad(c, t))
+    assert opt.lr == pytest.approx(0.1 * 0.5**3)
+    d = [p.copy() for p in params]
+    for t in range(3):
+        for p, g in zip(d, grad(d, t)):
+            p -= 0.1 * 0.5**t * g
+    for x, y in zip(c, d):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+
+
+def test_param_group_hyperparameters_apply_per_group():
+    params, grad = problem(steps=5)
+    a = [p.copy() for p in params]
+    opt = fm.Adam([{"params": a[:2], "lr": 0.1}, {"params": a[2:]}], lr=0.01)
+    b1, b2 = [p.copy() for p in params[:2]], [p.copy() for p in params[2:]]
+    r1, r2 = reference.Adam(b1, lr=0.1), reference.Adam(b2, lr=0.01)
+    for t in range(5):
+        opt.step(grad(a, t))
+        g = grad(b1 + b2, t)
+        r1.step(g[:2])
+        r2.step(g[2:])
+    for x, y in zip(a, b1 + b2):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+
+
+def test_editing_param_groups_is_used_and_validated():
+    p = [np.ones(3)]
+    opt = fm.Adam(p, lr=0.1)
+    opt.param_groups[0]["amsgrad"] = True
+    opt.step([np.ones(3)])
+    assert "max_exp_avg_sq" in opt.state[0]
+    opt.param_groups[0]["betas"] = (1.5, 0.9)
+    before = p[0].copy()
+    with pytest.raises(ValueError, match="betas"):
+        opt.step([np.ones(3)])
+    np.testing.assert_array_equal(p[0], before)
+    assert opt.step_count == 1
+
+
+def test_torch_cpu_tensor_views_are_updated_in_place():
+    torch = pytest.importorskip("torch")
+    w = torch.ones(4, dtype=torch.float64)
+    opt = fm.SGD([w.numpy()], lr=0.5)
+    opt.step([np.ones(4)])
+    assert torch.equal(w, torch.full((4,), 0.5, dtype=torch.float64))
