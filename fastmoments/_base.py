@@ -48,7 +48,7 @@ class Group:
     __slots__ = (
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
-        "scalars",
+        "scalars", "states",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -99,6 +99,7 @@ class Group:
             self.param_addresses = None
         self.grad_addresses = np.zeros(len(params), dtype=np.int64)
         self.state: dict[str, Any] = {}
+        self.states: tuple = ()
         self.host_state: dict[str, float] = {}
         self.kernel: Kernel | None = None
         self.scalars = np.empty(0, dtype=self.dtype)
@@ -250,6 +251,7 @@ class Optimizer:
             else:
                 state[name] = _full(group, init.get(name, 0.0))
         group.state = state
+        group.states = tuple(state.values())
         group.kernel = kernel
         group.scalars = np.empty(len(kernel.scalar_names), dtype=group.dtype)
         if fresh:
@@ -313,9 +315,11 @@ class Optimizer:
             The global gradient norm (after unscaling, before clipping) when it was
             computed (``max_grad_norm`` set), otherwise ``None``.
         """
-        sources = self._collect(grads)
-        if not (_is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0):
+        if grad_scale != 1.0 and not (
+            _is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0
+        ):
             raise ValueError(f"grad_scale: expected a finite number > 0, got {grad_scale!r}")
+        sources = self._collect(grads)
         for group in self._groups:
             if group.hyper.dirty:
                 self._revalidate(group)
@@ -360,36 +364,17 @@ class Optimizer:
         Nothing is changed when this raises.
         """
         groups = self._groups
-        if grads is None:
-            if any(g.flat is None for g in groups):
-                raise TypeError(
-                    "grads: expected one gradient per parameter; grads=None is only "
-                    "allowed when every param group is a FlatParams"
-                )
-            return [g.flat.grad for g in groups]
-        if _is_array_like(grads) and not isinstance(grads, (list, tuple)):
-            if len(groups) != 1 or groups[0].flat is None:
-                raise TypeError(
-                    "grads: a single flat array is only accepted for one FlatParams group; "
-                    "pass a list with one gradient per parameter"
-                )
-            group = groups[0]
-            flat = self._check_grad(grads, group, None, (group.numel,), "grads")
-            return [flat]
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError(
-                f"grads: expected a list of arrays (one per parameter), got {type(grads).__name__}"
-            )
+        if type(grads) is not list and type(grads) is not tuple:
+            return self._collect_other(grads)
         if len(grads) != self._num_params:
             raise ValueError(
                 f"grads: expected {self._num_params} gradients (one per parameter), got {len(grads)}"
             )
         sources: list[Any] = []
-        pending: list[tuple[Group, list[int]]] = []
+        single = len(groups) == 1
         for group in groups:
             base = group.index_base
-            n = len(group.params)
-            mine = grads[base : base + n]
+            mine = grads if single else grads[base : base + len(group.params)]
             if group.flat is not None and all(a is b for a, b in zip(mine, group.flat.grads)):
                 sources.append(group.flat.grad)
                 continue
@@ -399,8 +384,11 @@ class Optimizer:
                      for j, (g, p) in enumerate(zip(mine, group.params))]
                 )
                 continue
-            addresses = []
+            # The list path: validate each gradient (a fast identity/shape/stride test,
+            # the full check only when it fails) and write its address into the
+            # group's scratch table, which the multi-array loop reads.
             dtype = group.dtype
+            addresses = group.grad_addresses
             address_of = _cpu.address_of
             for j, (g, p) in enumerate(zip(mine, group.params)):
                 if (
@@ -410,12 +398,31 @@ class Optimizer:
                     or g.strides != p.strides
                 ):
                     g = self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
-                addresses.append(address_of(g))
-            pending.append((group, addresses))
+                addresses[j] = address_of(g)
             sources.append(None)
-        for group, addresses in pending:
-            group.grad_addresses[:] = addresses
         return sources
+
+    def _collect_other(self, grads: Any) -> list[Any]:
+        """``grads`` given as None (FlatParams' own buffers) or as one flat array."""
+        groups = self._groups
+        if grads is None:
+            if any(g.flat is None for g in groups):
+                raise TypeError(
+                    "grads: expected one gradient per parameter; grads=None is only "
+                    "allowed when every param group is a FlatParams"
+                )
+            return [g.flat.grad for g in groups]
+        if _is_array_like(grads):
+            if len(groups) != 1 or groups[0].flat is None:
+                raise TypeError(
+                    "grads: a single flat array is only accepted for one FlatParams group; "
+                    "pass a list with one gradient per parameter"
+                )
+            group = groups[0]
+            return [self._check_grad(grads, group, None, (group.numel,), "grads")]
+        raise TypeError(
+            f"grads: expected a list of arrays (one per parameter), got {type(grads).__name__}"
+        )
 
     def _check_grad(self, g: Any, group: Group, j: int | None, shape: tuple, name: str) -> Any:
         if group.device == "cuda":
@@ -464,20 +471,16 @@ class Optimizer:
         args = group.scalars
         args[:] = scalars  # cast to the buffer dtype once, on the host
         kernel = group.kernel
-        states = group.state.values()
         if group.device == "cuda":
-            self._run_cuda(group, source, kernel, tuple(states), tuple(args))
-        elif source is None:
-            loop = (
-                kernel.multi_parallel
-                if group.numel >= config.parallel_threshold and len(group.params) > 1
-                else kernel.multi_serial
-            )
-            loop(group.param_addresses, group.grad_addresses, group.offsets, *states, args)
+            self._run_cuda(group, source, kernel, group.states, tuple(args))
+            return
+        big = group.numel >= config.parallel_threshold
+        if source is None:
+            loop = kernel.multi_parallel if big and len(group.params) > 1 else kernel.multi_serial
+            loop(group.param_addresses, group.grad_addresses, group.offsets, *group.states, args)
         else:
-            flat = group.flat.data
-            loop = kernel.parallel if group.numel >= config.parallel_threshold else kernel.serial
-            loop(flat, source, *states, args)
+            loop = kernel.parallel if big else kernel.serial
+            loop(group.flat.data, source, *group.states, args)
 
     def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
         from . import _gpu
