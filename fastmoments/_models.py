@@ -76,8 +76,8 @@ class Dataset:
 
 
 # ------------------------------------------------------------------- built-in data
-def spiral(n_per_class: int = 200, classes: int = 3, noise: float = 0.2, seed: int = 0,
-           dtype: Any = np.float64) -> Dataset:
+def spiral(n_per_class: int = 200, classes: int = 3, noise: float = 0.25, twist: float = 6.0,
+           seed: int = 0, dtype: Any = np.float64) -> Dataset:
     """Interleaved 2-D spiral arms, one per class (the classic "not linearly separable" toy).
 
     Parameters
@@ -88,6 +88,8 @@ def spiral(n_per_class: int = 200, classes: int = 3, noise: float = 0.2, seed: i
         Number of arms (classes).
     noise
         Standard deviation of the angular jitter (radians).
+    twist
+        The angle (radians) each arm turns through from the centre to the rim.
     seed
         Seed of the NumPy generator: the same seed gives the same data.
     dtype
@@ -96,7 +98,7 @@ def spiral(n_per_class: int = 200, classes: int = 3, noise: float = 0.2, seed: i
     rng = np.random.default_rng(seed)
     radius = np.tile(np.linspace(0.05, 1.0, n_per_class), classes)
     label = np.repeat(np.arange(classes), n_per_class)
-    angle = (label * (2.0 * np.pi / classes) + radius * 4.0
+    angle = (label * (2.0 * np.pi / classes) + radius * twist
              + rng.normal(0.0, noise, size=radius.shape))
     X = np.stack([radius * np.sin(angle), radius * np.cos(angle)], axis=1) * 2.0
     return Dataset(X.astype(dtype), label.astype(np.int64), "classification",
@@ -184,7 +186,8 @@ def load_table(path: str | os.PathLike, task: str = "auto", dtype: Any = np.floa
         table = _read_csv(path)
         X, y = table[:, :-1], table[:, -1]
     else:
-        raise DataError(f"data file {path!r}: expected a .csv or .npz file, got {ext or 'no extension'!r}")
+        raise DataError(f"data file {path!r}: expected a .csv or .npz file, got "
+                        f"{ext or 'no extension'!r}")
     if X.shape[0] < 2:
         raise DataError(f"data file {path!r}: expected at least 2 rows, got {X.shape[0]}")
     if X.shape[1] < 1:
@@ -335,7 +338,7 @@ class Net:
         rng = np.random.default_rng(seed)
         widths = [n_in, hidden, n_out] if hidden > 0 else [n_in, n_out]
         params = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
             gain = np.sqrt(2.0) if activation == "relu" and fan_out == hidden else 1.0
             params.append((rng.normal(size=(fan_in, fan_out)) * gain / np.sqrt(fan_in))
                           .astype(self.dtype))
