@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_cuda_array", "device_address", "cuda_module", "as_cuda_array", "as_host_array", "config"]
+__all__ = [
+    "is_cuda_array", "device_address", "cuda_module", "as_cuda_array", "as_host_array", "config",
+]
 
 
 class _Config:

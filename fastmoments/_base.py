@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -153,7 +154,8 @@ def _check_no_aliasing(params: list[Any], owner: str) -> None:
         if nbytes:
             spans.append((start, start + nbytes, i))
     spans.sort()
-    for (s0, e0, i0), (s1, _e1, i1) in zip(spans, spans[1:]):
+    # sorted by start, any overlap shows up between neighbours
+    for (_s0, e0, i0), (s1, _e1, i1) in zip(spans, spans[1:]):
         if s1 < e0:
             first, second = sorted((i0, i1))
             raise ValueError(
@@ -202,12 +204,12 @@ class Optimizer:
         self._groups: list[Group] = []
         self.param_groups: list[dict[str, Any]] = []
         index = 0
-        for gd in group_dicts:
+        for k, gd in enumerate(group_dicts):
             unknown = set(gd) - set(self.defaults) - {"params"}
             if unknown:
                 raise ValueError(f"{owner}: unknown param-group keys {sorted(unknown)}")
             hyper = ParamGroup({**self.defaults, **gd})
-            self._check(hyper)
+            self._check_group(hyper, k)
             group = Group(hyper, index, owner)
             index += len(group.params)
             self._groups.append(group)
@@ -258,10 +260,21 @@ class Optimizer:
             group.host_state = self._initial_host_state(group.hyper)
         group.hyper.dirty = False
 
-    def _revalidate(self, group: Group) -> None:
-        """Hyperparameters edited through ``param_groups``: check them before use."""
-        self._check(group.hyper)
-        self._prepare(group, fresh=False)
+    def _check_group(self, hyper: dict[str, Any], k: int) -> None:
+        """``_check``, naming the param group in the message."""
+        try:
+            self._check(hyper)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{exc} (param_groups[{k}])") from None
+
+    def _revalidate(self) -> None:
+        """Hyperparameters edited through ``param_groups``: check every edited group,
+        then rebuild their kernels and state (so that a refusal changes nothing)."""
+        dirty = [(k, g) for k, g in enumerate(self._groups) if g.hyper.dirty]
+        for k, group in dirty:
+            self._check_group(group.hyper, k)
+        for _, group in dirty:
+            self._prepare(group, fresh=False)
 
     @property
     def state(self) -> list[dict[str, Any]]:
@@ -315,19 +328,29 @@ class Optimizer:
             The global gradient norm (after unscaling, before clipping) when it was
             computed (``max_grad_norm`` set), otherwise ``None``.
         """
-        if grad_scale != 1.0 and not (
+        if (type(grad_scale) is not float or grad_scale != 1.0) and not (
             _is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0
         ):
             raise ValueError(f"grad_scale: expected a finite number > 0, got {grad_scale!r}")
         sources = self._collect(grads)
         for group in self._groups:
             if group.hyper.dirty:
-                self._revalidate(group)
+                self._revalidate()
+                break
+        if len(self._groups) > 1:  # a schedule may refuse: ask each before any group changes
+            for group in self._groups:
+                if callable(group.hyper["lr"]):
+                    _current(group.hyper["lr"], self.step_count)
         clip_coef = 1.0
         norm = None
         if self.nonfinite != "apply" or self.max_grad_norm is not None:
             total = self._sum_squares(sources)
-            norm = math.sqrt(total) / grad_scale
+            if math.isfinite(total):
+                norm = math.sqrt(total) / grad_scale
+            elif math.isnan(total):  # a sum of squares is NaN only when a gradient is
+                norm = total
+            else:  # an Inf gradient, or finite float64 ones whose squares overflow
+                norm = self._exact_norm(grads, sources) / grad_scale
             if not math.isfinite(norm):
                 if self.nonfinite == "raise":
                     raise FloatingPointError(
@@ -341,8 +364,6 @@ class Optimizer:
                     return norm
             if self.max_grad_norm is not None and math.isfinite(norm):
                 clip_coef = min(1.0, self.max_grad_norm / (norm + 1e-6))
-        self.last_step_skipped = False
-        self.last_grad_norm = norm
         step = self.step_count + 1
         clip_value = math.inf if self.clip_value is None else self.clip_value
         for group, source in zip(self._groups, sources):
@@ -354,6 +375,8 @@ class Optimizer:
             )
             self._run(group, source, scalars)
         self.step_count = step
+        self.last_step_skipped = False
+        self.last_grad_norm = norm
         return norm
 
     def _collect(self, grads: Any) -> list[Any]:
@@ -368,7 +391,8 @@ class Optimizer:
             return self._collect_other(grads)
         if len(grads) != self._num_params:
             raise ValueError(
-                f"grads: expected {self._num_params} gradients (one per parameter), got {len(grads)}"
+                f"grads: expected {self._num_params} gradients (one per parameter), "
+                f"got {len(grads)}"
             )
         sources: list[Any] = []
         single = len(groups) == 1
@@ -439,7 +463,11 @@ class Optimizer:
                                 f"got a CUDA array")
             if not isinstance(g, np.ndarray):
                 if hasattr(g, "__array__") and hasattr(g, "numpy"):
-                    g = np.asarray(g)
+                    try:
+                        g = np.asarray(g)
+                    except Exception as exc:  # e.g. a torch tensor that requires grad
+                        raise TypeError(f"{name}: cannot view this {type(g).__name__} as a "
+                                        f"NumPy array ({exc})") from None
                 else:
                     raise TypeError(f"{name}: expected a NumPy array, got {type(g).__name__}")
             contiguous = g.flags.c_contiguous
@@ -466,6 +494,37 @@ class Optimizer:
             else:
                 total += _cpu.sum_squares(source, source.shape[0] >= config.parallel_threshold)
         return total
+
+    def _exact_norm(self, grads: Any, sources: list[Any]) -> float:
+        """The global gradient norm without overflow; NaN/Inf when a gradient holds one.
+
+        The rare path, taken only when the fast float64 sum of squares is +Inf: for
+        an Inf gradient, and for finite float64 gradients beyond ~1e154 whose squares
+        overflow (which must neither be skipped nor escape ``max_grad_norm``).
+        """
+        arrays = []
+        for group, source in zip(self._groups, sources, strict=True):
+            if source is None:  # the list path: the host arrays given to step
+                base = group.index_base
+                arrays += [np.asarray(g) for g in grads[base : base + len(group.params)]]
+            elif isinstance(source, list):
+                arrays += [g.copy_to_host() for g in source]
+            else:
+                arrays.append(source if isinstance(source, np.ndarray) else source.copy_to_host())
+        peak = 0.0
+        for a in arrays:
+            if a.size:
+                m = float(np.max(np.abs(a)))
+                if not math.isfinite(m):
+                    return m
+                peak = max(peak, m)
+        if peak == 0.0:
+            return 0.0
+        total = 0.0
+        for a in arrays:
+            scaled = a.reshape(-1).astype(np.float64) / peak
+            total += float(np.dot(scaled, scaled))
+        return peak * math.sqrt(total)
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         args = group.scalars
@@ -544,6 +603,26 @@ class Optimizer:
             group.host_state = dict(host)
         self.step_count = int(state_dict["step_count"])
 
+    def save(self, path: str | os.PathLike[str], *, params: bool = True) -> None:
+        """Write a checkpoint (state, step count, hyperparameters, and the params) atomically.
+
+        See :func:`fastmoments.checkpoint.save`: a temporary file in the same folder,
+        fsynced, then renamed over ``path``; a crash leaves the old or the new file.
+        """
+        from .checkpoint import save
+
+        save(self, path, params=params)
+
+    def load(self, path: str | os.PathLike[str], *, params: bool = True) -> None:
+        """Restore a checkpoint written by :meth:`save`; validated in full before any change.
+
+        See :func:`fastmoments.checkpoint.load`. Raises ``CheckpointError`` (a
+        ``ValueError``) for truncated, foreign or unsafe files, changing nothing.
+        """
+        from .checkpoint import load
+
+        load(self, path, params=params)
+
     def _plan_load(self, sd: dict[str, Any]) -> list:
         owner = type(self).__name__
         if not isinstance(sd, dict):
@@ -562,6 +641,11 @@ class Optimizer:
         step = sd["step_count"]
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
             raise ValueError(f"state_dict: step_count must be an integer >= 0, got {step!r}")
+        for key in ("param_groups", "state", "host_state"):
+            if not isinstance(sd[key], (list, tuple)) or not all(
+                isinstance(x, dict) for x in sd[key]
+            ):
+                raise TypeError(f"state_dict: {key} should be a list of dicts, one per group")
         if not (len(sd["param_groups"]) == len(sd["state"]) == len(sd["host_state"])
                 == len(self._groups)):
             raise ValueError(
@@ -608,6 +692,10 @@ class Optimizer:
                     f"state_dict: host_state[{k}] has keys {sorted(host)}, expected "
                     f"{sorted(expected_host)}"
                 )
+            for key, v in host.items():
+                if not _is_number(v):
+                    raise TypeError(f"state_dict: host_state[{k}][{key!r}] should be a number, "
+                                    f"got {v!r}")
             plan.append((group, {k2: _restore(v) for k2, v in hyper.items()}, arrays,
                          {key: float(v) for key, v in host.items()}))
         return plan

@@ -107,7 +107,8 @@ class Kernel:
         self.name = rule_fn.py_func.__name__
         args = list(inspect.signature(rule_fn.py_func).parameters)
         if args[:2] != ["param", "grad"] or tuple(args[2 : 2 + len(state_names)]) != state_names:
-            raise TypeError(f"rule {self.name} must take (param, grad, {', '.join(state_names)}, ...)")
+            expected = ", ".join(("param", "grad", *state_names))
+            raise TypeError(f"rule {self.name} must take ({expected}, ...)")
         self.state_names = tuple(state_names)
         self.scalar_names = tuple(args[2 + len(state_names) :])
 

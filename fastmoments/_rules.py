@@ -192,3 +192,170 @@ def yogi(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay,
     elif v < g2:
         v = v + one_minus_beta2 * g2
     return param - step_size * (m / (math.sqrt(v * inv_bias_correction2) + eps)), m, v
+
+
+# ====================================================================
+# Rules of fastmoments.extra (AdaBelief, Lion, LAMB, ND-Adam, SWATS, Yogi's v0).
+# The multi-pass rules (LAMB, ND-Adam, SWATS) are run by the segmented loops of
+# ``_segmented``: after the state values they take one value per segment (a
+# tensor or a weight vector: a trust-ratio step, a dot product, a norm), and after
+# the new state values they return per-element terms that the loops sum per
+# segment in float64.
+# --------------------------------------------------------------------
+@rule
+def scaled_grad(grad, grad_mult, clip_value):
+    # effective_grad without weight decay (for rules whose decay is not L2)
+    g = grad * grad_mult
+    if g > clip_value:
+        g = clip_value
+    elif g < -clip_value:
+        g = -clip_value
+    return g
+
+
+# --------------------------------------------------------------- AdaBelief
+@rule
+def adabelief(param, grad, exp_avg, exp_avg_var, grad_mult, clip_value, weight_decay,
+              decay_factor, one_minus_beta1, beta2, one_minus_beta2, step_size,
+              inv_bias_correction2, eps):
+    # s <- beta2 s + (1 - beta2) (g - m)^2 + eps: eps enters the stored state (as in
+    # adabelief-pytorch) and again outside the square root.
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    m = lerp(exp_avg, g, one_minus_beta1)
+    r = g - m
+    s = beta2 * exp_avg_var + one_minus_beta2 * (r * r) + eps
+    denom = math.sqrt(s * inv_bias_correction2) + eps
+    return param * decay_factor - step_size * (m / denom), m, s
+
+
+@rule
+def adabelief_amsgrad(param, grad, exp_avg, exp_avg_var, max_exp_avg_var, grad_mult,
+                      clip_value, weight_decay, decay_factor, one_minus_beta1, beta2,
+                      one_minus_beta2, step_size, inv_bias_correction2, eps):
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    m = lerp(exp_avg, g, one_minus_beta1)
+    r = g - m
+    s = beta2 * exp_avg_var + one_minus_beta2 * (r * r) + eps
+    smax = max_exp_avg_var if max_exp_avg_var > s else s
+    denom = math.sqrt(smax * inv_bias_correction2) + eps
+    return param * decay_factor - step_size * (m / denom), m, s, smax
+
+
+# -------------------------------------------------------------------- Lion
+@rule
+def lion(param, grad, exp_avg, grad_mult, clip_value, decay_factor, lr, beta1,
+         one_minus_beta1, beta2, one_minus_beta2):
+    # c = beta1 m + (1 - beta1) g written out (not as a lerp): its sign is the step,
+    # so it is rounded exactly as the paper's and lion-pytorch's formula.
+    g = scaled_grad(grad, grad_mult, clip_value)
+    c = beta1 * exp_avg + one_minus_beta1 * g
+    p = param * decay_factor
+    if c > -c:
+        p = p - lr
+    elif c < -c:
+        p = p + lr
+    elif c != c:
+        p = c  # a NaN gradient propagates (sign(NaN) is NaN), as in torch
+    return p, beta2 * exp_avg + one_minus_beta2 * g
+
+
+# -------------------------------------------------------------------- LAMB
+@rule
+def lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1, inv_bias_correction2,
+                   eps, weight_decay):
+    # r = m_hat / (sqrt(v_hat) + eps) + wd * p
+    denom = math.sqrt(exp_avg_sq * inv_bias_correction2) + eps
+    return (exp_avg * inv_bias_correction1) / denom + weight_decay * param
+
+
+@rule
+def lamb_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, one_minus_beta1,
+                 beta2, one_minus_beta2, inv_bias_correction1, inv_bias_correction2, eps,
+                 weight_decay):
+    # pass 1: the moments, and the terms of ||p||^2 and ||r||^2 per tensor
+    g = scaled_grad(grad, grad_mult, clip_value)
+    m = lerp(exp_avg, g, one_minus_beta1)
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    r = lamb_direction(param, m, v, inv_bias_correction1, inv_bias_correction2, eps,
+                       weight_decay)
+    return param, m, v, param * param, r * r
+
+
+@rule
+def lamb_apply(param, grad, exp_avg, exp_avg_sq, trust_step, inv_bias_correction1,
+               inv_bias_correction2, eps, weight_decay):
+    # pass 2: p <- p - lr * trust * r, r recomputed bit-for-bit from pass 1's inputs
+    r = lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                       inv_bias_correction2, eps, weight_decay)
+    return param - trust_step * r, exp_avg, exp_avg_sq
+
+
+# ----------------------------------------------------------------- ND-Adam
+@rule
+def ndadam_radial(param, grad, grad_mult, clip_value):
+    # pass 1: the terms of g . w per weight vector
+    g = scaled_grad(grad, grad_mult, clip_value)
+    return param, g * param
+
+
+@rule
+def ndadam_moments(param, grad, exp_avg, radial, grad_mult, clip_value, one_minus_beta1):
+    # pass 2: g_bar = g - (g . w) w; m <- beta1 m + (1 - beta1) g_bar; terms of ||g_bar||^2
+    g = scaled_grad(grad, grad_mult, clip_value)
+    g_bar = g - radial * param
+    m = lerp(exp_avg, g_bar, one_minus_beta1)
+    return param, m, g_bar * g_bar
+
+
+@rule
+def ndadam_step(param, grad, exp_avg, exp_avg_sq, grad_bar_sq_norm, beta2, one_minus_beta2,
+                step_size, inv_bias_correction2, eps):
+    # pass 3: the vector's scalar v (kept in each element of the vector, all equal);
+    # the Adam step; terms of ||w_bar||^2 for the renormalization of pass 4
+    v = beta2 * exp_avg_sq + one_minus_beta2 * grad_bar_sq_norm
+    w_bar = param - step_size * (exp_avg / (math.sqrt(v * inv_bias_correction2) + eps))
+    return w_bar, exp_avg, v, w_bar * w_bar
+
+
+@rule
+def segment_square(param, grad):
+    # terms of ||w||^2 per segment
+    return param, param * param
+
+
+@rule
+def segment_divide(param, grad, divisor):
+    return (param / divisor,)
+
+
+# ------------------------------------------------------------------- SWATS
+@rule
+def swats_adam(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay,
+               one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bias_correction2, eps):
+    # the Adam phase: p_k = -lr m_hat / (sqrt(a_hat) + eps); terms of p_k . g and p_k . p_k
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    m = lerp(exp_avg, g, one_minus_beta1)
+    a = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    p_k = -(step_size * (m / (math.sqrt(a * inv_bias_correction2) + eps)))
+    return param + p_k, m, a, p_k * g, p_k * p_k
+
+
+@rule
+def swats_sgd(param, grad, momentum_buffer, grad_mult, clip_value, weight_decay, beta1,
+              nesterov, step_size):
+    # the SGD phase: v <- beta1 v + g; p <- p - (1 - beta1) lambda (g + beta1 v | v)
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    buf = beta1 * momentum_buffer + g
+    if nesterov:
+        direction = g + beta1 * buf
+    else:
+        direction = buf
+    return param - step_size * direction, buf
+
+
+# ------------------------------------------------------- Yogi's initial v
+@rule
+def accumulate_square(param, grad, exp_avg_sq, keep, weight, weight_decay):
+    # v <- keep * v + weight * (g + wd p)^2 (keep = 0 on the first batch)
+    g = grad + weight_decay * param
+    return param, keep * exp_avg_sq + weight * (g * g)

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo.add_arguments(
         sub.add_parser("demo", help="train a small NumPy model with several optimizers",
-                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=demo.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     )
     bench.add_arguments(
         sub.add_parser("bench", help="measure each rule against this machine's memory ceiling",

@@ -58,7 +58,8 @@ class FlatParams:
             dtypes = {np.dtype(a.dtype) for a in arrays}
             if len(dtypes) != 1:
                 raise TypeError(
-                    f"arrays: mixed dtypes {sorted(str(d) for d in dtypes)}; pass dtype= to choose one"
+                    f"arrays: mixed dtypes {sorted(str(d) for d in dtypes)}; "
+                    "pass dtype= to choose one"
                 )
             dtype = dtypes.pop()
         dtype = np.dtype(dtype)

@@ -529,6 +529,18 @@ class Yogi(_Checked):
     Defaults: lr=1e-2, betas=(0.9, 0.999), eps=1e-3, initial_accumulator_value=1e-6,
     weight_decay=0 (L2).
 
+    Zaheer et al. recommend initializing the second moment from the squared
+    gradients of a batch larger than the training batch instead of from a constant:
+    :meth:`init_second_moment` does that before the first step,
+
+    .. math::
+
+        v_0 = \frac{1}{K} \sum_{k=1}^{K} (g^{(k)} + \lambda\theta_0)^2
+
+    for K gradients :math:`g^{(k)}` at the initial point. As :math:`v_0` is then an
+    estimate, not a near-zero start, :math:`v_t` is no longer divided by
+    :math:`1 - \beta_2^t`; :math:`m_t` still is bias-corrected.
+
     References
     ----------
     Zaheer, Reddi, Sachan, Kale & Kumar (2018), Adaptive Methods for Nonconvex
@@ -551,7 +563,32 @@ class Yogi(_Checked):
         value = hyper["initial_accumulator_value"]
         return {"exp_avg": value, "exp_avg_sq": value}
 
+    def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
+        return {"second_moment_initialized": 0.0}
+
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         beta1, beta2 = hyper["betas"]
+        inv_bias_correction2 = (
+            1.0 if host["second_moment_initialized"] else 1.0 / (1.0 - beta2**step)
+        )
         return (hyper["weight_decay"], 1.0 - beta1, 1.0 - beta2, lr / (1.0 - beta1**step),
-                1.0 / (1.0 - beta2**step), hyper["eps"])
+                inv_bias_correction2, hyper["eps"])
+
+    def init_second_moment(self, *grads: Any) -> None:
+        """Set :math:`v_0` to the mean of the squared gradients, before the first step.
+
+        Parameters
+        ----------
+        *grads
+            One or more gradients at the initial parameters, each in the form
+            :meth:`step` accepts (one per parameter, or a flat array / None for a
+            FlatParams). They are not unscaled, clipped or negated (squares).
+
+        Raises
+        ------
+        RuntimeError
+            After the first step.
+        """
+        from .extra import init_second_moment
+
+        init_second_moment(self, grads)

@@ -1,0 +1,686 @@
+r"""More update rules, Yogi's initial second moment, and weight-decay masks.
+
+- :class:`AdaBelief`, :class:`Lion`: element-wise rules, one fused pass like the
+  core family.
+- :class:`LAMB`, :class:`NDAdam`, :class:`SWATS`: rules that need reductions over
+  parts of the flat buffer (per-tensor norms, per-weight-vector dot products and
+  norms, global dot products). They run a few *segmented* passes over the flat
+  buffer (``fastmoments._segmented``): each pass calls one rule per element and
+  sums per-element terms per segment in float64; the per-segment results (a trust
+  ratio, a dot product, a norm) are combined on the host between passes. On a GPU
+  this synchronizes once per pass (as torch's ``clip_grad_norm_`` followed by
+  ``.item()`` does).
+- :class:`Yogi`: :class:`fastmoments.Yogi` with :meth:`Yogi.init_second_moment`
+  (Zaheer et al.'s initialization of :math:`v_0` from a larger batch).
+- :func:`decay_mask_groups`: param groups with weight decay only where it belongs
+  (by default: no decay for biases and other 1-D parameters).
+
+Every class takes the options shared by all optimizers (``nonfinite``,
+``max_grad_norm``, ``clip_value``, see :mod:`fastmoments.optimizers`) and keeps
+its state in flat buffers (``state_dict`` / ``load_state_dict`` as everywhere).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _rules
+from ._base import Group, _is_number
+from ._jit import Kernel
+from ._segmented import SegmentedKernel, Segments, run, whole_tensors
+from .flat import FlatParams
+from .optimizers import _Checked
+
+__all__ = ["AdaBelief", "Lion", "LAMB", "NDAdam", "SWATS", "decay_mask_groups", "init_second_moment"]
+
+_ADABELIEF = Kernel(_rules.adabelief, ("exp_avg", "exp_avg_var"))
+_ADABELIEF_AMSGRAD = Kernel(_rules.adabelief_amsgrad,
+                            ("exp_avg", "exp_avg_var", "max_exp_avg_var"))
+_LION = Kernel(_rules.lion, ("exp_avg",))
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+_LAMB_MOMENTS = SegmentedKernel(_rules.lamb_moments, _MOMENTS, (), 2, _MOMENTS)
+_LAMB_APPLY = SegmentedKernel(_rules.lamb_apply, _MOMENTS, ("trust_step",), 0, ("param",))
+_ND_ADAM = SegmentedKernel(_rules.adam, _MOMENTS, (), 0, ("param", *_MOMENTS))
+_ND_RADIAL = SegmentedKernel(_rules.ndadam_radial, (), (), 1, ())
+_ND_MOMENTS = SegmentedKernel(_rules.ndadam_moments, ("exp_avg",), ("radial",), 1,
+                              ("exp_avg",))
+_ND_STEP = SegmentedKernel(_rules.ndadam_step, _MOMENTS, ("grad_bar_sq_norm",), 1,
+                           ("param", "exp_avg_sq"))
+_SQUARE = SegmentedKernel(_rules.segment_square, (), (), 1, ())
+_DIVIDE = SegmentedKernel(_rules.segment_divide, (), ("divisor",), 0, ("param",))
+_SWATS_ADAM = SegmentedKernel(_rules.swats_adam, _MOMENTS, (), 2, ("param", *_MOMENTS))
+_SWATS_SGD = SegmentedKernel(_rules.swats_sgd, ("momentum_buffer",), (), 0,
+                             ("param", "momentum_buffer"))
+_ACCUMULATE_SQUARE = SegmentedKernel(_rules.accumulate_square, ("exp_avg_sq",), (), 0,
+                                     ("exp_avg_sq",))
+
+
+def _segments(opt: Any, group: Group, key: Any, build: Callable[[], Segments]) -> Segments:
+    """The segment table of a group, built once per (group, key)."""
+    tables = opt.__dict__.setdefault("_segment_tables", {})
+    full_key = (id(group), key)
+    table = tables.get(full_key)
+    if table is None:
+        table = tables[full_key] = build()
+    return table
+
+
+def _whole(opt: Any, group: Group) -> Segments:
+    return _segments(opt, group, "whole",
+                     lambda: Segments(group.offsets, whole_tensors(group.params)))
+
+
+class _Layout:
+    """What ``Optimizer._prepare`` needs from ``_select`` for a multi-pass rule.
+
+    The base class allocates one flat buffer per state name; the passes themselves
+    are run by the class's ``_run``.
+    """
+
+    scalar_names: tuple[str, ...] = ()
+
+    def __init__(self, name: str, state_names: tuple[str, ...]) -> None:
+        self.name = name
+        self.state_names = state_names
+
+    def __repr__(self) -> str:
+        return f"_Layout({self.name}, states={self.state_names})"
+
+
+# --------------------------------------------------------------- AdaBelief
+class AdaBelief(_Checked):
+    r"""AdaBelief: Adam with the "belief" in the gradient as second moment.
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        s_t &= \beta_2 s_{t-1} + (1 - \beta_2) (g_t - m_t)^2 + \epsilon, \qquad
+        \hat s_t = \max(\hat s_{t-1}, s_t) \ \text{(amsgrad) or } s_t \\
+        \theta_t &= (1 - \gamma\lambda)\,\theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}\,
+                    \frac{m_t}{\sqrt{\hat s_t / (1 - \beta_2^t)} + \epsilon}
+
+    (with ``decoupled_weight_decay=False``: :math:`g_t \leftarrow g_t + \lambda
+    \theta_{t-1}` instead of the factor :math:`1 - \gamma\lambda`).
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float or schedule, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-16
+        Added to :math:`s_t` in the state on every step *and* outside the square
+        root, as in adabelief-pytorch 0.2 and pytorch-optimizer.
+    weight_decay : float, default 0
+    amsgrad : bool, default False
+        Use the running maximum of :math:`s_t` (which includes eps).
+    decoupled_weight_decay : bool, default True
+        Decoupled decay (adabelief-pytorch's ``weight_decouple=True,
+        fixed_decay=False``); False adds an L2 term to the gradient.
+    maximize : bool, default False
+
+    Notes
+    -----
+    The trajectory of adabelief-pytorch 0.2 with ``rectify=False`` (its default,
+    ``rectify=True``, adds RAdam's rectification, not implemented here), of
+    pytorch-optimizer's ``AdaBelief`` and of optax's ``adabelief`` with
+    ``eps_root=eps`` (optax's name for the eps accumulated in the state; both
+    default to 1e-16 there, so the defaults agree).
+
+    References
+    ----------
+    Zhuang, Tang, Ding, Tatikonda, Dvornek, Papademetris & Duncan (2020), AdaBelief
+    Optimizer: Adapting Stepsizes by the Belief in Observed Gradients. NeurIPS.
+    """
+
+    _bools = ("amsgrad", "decoupled_weight_decay", "maximize")
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-16, weight_decay: float = 0.0, amsgrad: bool = False,
+                 decoupled_weight_decay: bool = True, *, maximize: bool = False,
+                 **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _ADABELIEF_AMSGRAD if hyper["amsgrad"] else _ADABELIEF
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        wd = hyper["weight_decay"]
+        l2, decay_factor = (0.0, 1.0 - lr * wd) if hyper["decoupled_weight_decay"] else (wd, 1.0)
+        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
+                1.0 / (1.0 - beta2**step), hyper["eps"])
+
+
+# -------------------------------------------------------------------- Lion
+class Lion(_Checked):
+    r"""Lion: the sign of an interpolated momentum (Chen et al., 2023).
+
+    .. math::
+
+        c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        \theta_t &= (1 - \gamma\lambda)\,\theta_{t-1} - \gamma\, \operatorname{sign}(c_t) \\
+        m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+    Every coordinate moves by exactly :math:`\gamma` (or not at all where
+    :math:`c_t = 0`), so Lion wants a learning rate 3-10x smaller than AdamW's
+    and a weight decay 3-10x larger for the same effective decay.
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float or schedule, default 1e-4
+    betas : (float, float), default (0.9, 0.99)
+    weight_decay : float, default 0
+        Decoupled, scaled by the learning rate.
+    maximize : bool, default False
+
+    Notes
+    -----
+    The trajectory of lion-pytorch (same defaults) and of optax's ``lion`` (whose
+    default ``weight_decay`` is 1e-3). One state buffer, ``exp_avg``.
+
+    References
+    ----------
+    Chen et al. (2023), Symbolic Discovery of Optimization Algorithms. NeurIPS.
+    """
+
+    _nonneg = ("weight_decay",)
+
+    def __init__(self, params: Any, lr: Any = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _LION
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        return (1.0 - lr * hyper["weight_decay"], lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2)
+
+
+# ---------------------------------------------------------- multi-pass base
+class _MultiPass(_Checked):
+    """Rules that run their own segmented passes (``_run``) instead of one kernel."""
+
+    _state_names: tuple[str, ...] = _MOMENTS
+
+    def _select(self, hyper: dict[str, Any]) -> _Layout:  # type: ignore[override]
+        return _Layout(type(self).__name__, self._state_names)
+
+
+# -------------------------------------------------------------------- LAMB
+class LAMB(_MultiPass):
+    r"""LAMB: Adam steps rescaled per tensor by a trust ratio (You et al., 2020).
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        r_t &= \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+               + \lambda \theta_{t-1} \\
+        \theta_t &= \theta_{t-1} - \gamma\, \frac{\lVert\theta_{t-1}\rVert}
+                    {\lVert r_t \rVert}\, r_t
+
+    per parameter tensor (the trust ratio is 1 where either norm is 0).
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts;
+        each array (each view of a FlatParams) gets its own trust ratio.
+    lr : float or schedule, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-6
+    weight_decay : float, default 0
+        Decoupled, added to the Adam direction before the trust ratio.
+    maximize : bool, default False
+
+    Notes
+    -----
+    Follows optax's ``lamb`` (``scale_by_adam`` with bias correction,
+    ``add_decayed_weights``, ``scale_by_trust_ratio``). Other implementations
+    differ: NVIDIA's / cybertronai's pytorch-lamb and pytorch-optimizer's ``Lamb``
+    skip the bias correction (paper v3) and clamp :math:`\lVert\theta\rVert` at 10;
+    torch-optimizer's adds eps after bias correcting :math:`m` only. Two passes over
+    the buffer: the moments and the two squared norms per tensor, then the step
+    (:math:`r_t` recomputed, bit for bit). :attr:`trust_ratios` keeps the last
+    step's ratios.
+
+    References
+    ----------
+    You et al. (2020), Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes. ICLR.
+    """
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, *, maximize: bool = False,
+                 **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize), **options)
+        self.trust_ratios: list[np.ndarray] = [np.ones(len(g.params)) for g in self._groups]
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta1**step),
+                1.0 / (1.0 - beta2**step), hyper["eps"], hyper["weight_decay"], lr)
+
+    def _run(self, group: Group, source: Any, scalars: tuple) -> None:
+        (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps,
+         weight_decay, lr) = scalars
+        segments = _whole(self, group)
+        norms = np.sqrt(run(_LAMB_MOMENTS, group, source, segments, None,
+                            (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
+                             inv_bc1, inv_bc2, eps, weight_decay)))
+        param_norm, direction_norm = norms[:, 0], norms[:, 1]
+        both = (param_norm > 0) & (direction_norm > 0)
+        trust = np.where(both, param_norm / np.where(both, direction_norm, 1.0), 1.0)
+        self.trust_ratios[self._groups.index(group)] = trust
+        run(_LAMB_APPLY, group, source, segments, (lr * trust)[:, None],
+            (inv_bc1, inv_bc2, eps, weight_decay))
+
+
+# ----------------------------------------------------------------- ND-Adam
+def _vector_layout(shape: tuple[int, ...], axis: Any, owner: str) -> tuple[int, int, int]:
+    """(outer, length, inner) of the weight vectors along ``axis`` of an array."""
+    ndim = len(shape)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    normalized = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{owner}: axis {a} is out of range for a parameter of shape "
+                             f"{shape}")
+        normalized.append(a % ndim)
+    normalized.sort()
+    if len(set(normalized)) != len(normalized) or normalized != list(
+        range(normalized[0], normalized[-1] + 1)
+    ):
+        raise ValueError(f"{owner}: axis {axis!r} must name distinct, adjacent axes (got them "
+                         f"as {tuple(normalized)} for shape {shape})")
+    lo, hi = normalized[0], normalized[-1] + 1
+    return (math.prod(shape[:lo]), math.prod(shape[lo:hi]), math.prod(shape[hi:]))
+
+
+class NDAdam(_MultiPass):
+    r"""ND-Adam: normalized direction-preserving Adam (Zhang et al., 2017).
+
+    Every parameter with two or more dimensions is a set of weight vectors: the
+    1-D slices along ``axis`` (``axis=-1``: the rows of an ``(out, in)`` matrix, the
+    incoming weights of each unit). Each vector :math:`w` is kept at unit norm
+    (normalized when the optimizer is built, renormalized after every step) and
+    updated with a gradient stripped of its radial part and a *scalar* second
+    moment:
+
+    .. math::
+
+        \bar g_t &= g_t - (g_t \cdot w_{t-1})\, w_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) \bar g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) \lVert \bar g_t \rVert^2 \\
+        \bar w_t &= w_{t-1} - \frac{\gamma}{1 - \beta_1^t}
+                    \frac{m_t}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}, \qquad
+        w_t = \bar w_t / \lVert \bar w_t \rVert
+
+    Parameters with fewer than two dimensions (biases, gains) are updated by Adam.
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+        The weight vectors are normalized in place when the optimizer is built.
+    lr : float or schedule, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    axis : int or tuple of int, default -1
+        The axis (or adjacent axes) along which the vectors lie: ``-1`` for the
+        rows of a linear layer's ``(out, in)`` weight, ``(1, 2, 3)`` for the
+        filters of a conv layer's ``(out, in, kh, kw)`` weight (put layers of
+        different ranks in different param groups to give each its axis).
+    maximize : bool, default False
+
+    Notes
+    -----
+    State: ``exp_avg`` per element; ``exp_avg_sq`` per element for the Adam
+    parameters, and for the vectors the vector's scalar :math:`v` repeated in each
+    of its elements (so its per-parameter view is the paper's :math:`v`
+    broadcast along ``axis``). A vector of norm 0 is left as it is. No weight
+    decay: the vectors' norm is fixed, and the paper leaves biases undecayed.
+    Four segmented passes: :math:`g\cdot w`; :math:`m` and
+    :math:`\lVert\bar g\rVert^2`; :math:`v`, the step and
+    :math:`\lVert\bar w\rVert^2`; the renormalization (plus one Adam pass for the
+    1-D parameters).
+
+    References
+    ----------
+    Zhang, Ma, Li & Wu (2017), Normalized Direction-preserving Adam.
+    arXiv:1709.04546.
+    """
+
+    _nonneg = ("eps",)
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, axis: int | tuple[int, ...] = -1, *,
+                 maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, axis=axis,
+                                      maximize=maximize), **options)
+        tables = [self._tables(group) for group in self._groups]  # validates every shape
+        for group, (vectors, _) in zip(self._groups, tables, strict=True):
+            self._normalize(group, vectors)
+
+    def _check(self, hyper: dict[str, Any]) -> None:
+        super()._check(hyper)
+        axis = hyper["axis"]
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+        if (isinstance(axis, bool) or not isinstance(axes, (tuple, list)) or not axes
+                or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                           for a in axes)):
+            raise ValueError(f"NDAdam: invalid axis: expected an int or a tuple of ints, "
+                             f"got {axis!r}")
+
+    def _tables(self, group: Group) -> tuple[Segments, Segments]:
+        axis = group.hyper["axis"]
+        axis = int(axis) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
+
+        def build() -> tuple[Segments, Segments]:
+            vectors = [
+                _vector_layout(tuple(p.shape), axis, "NDAdam") if p.ndim >= 2 else None
+                for p in group.params
+            ]
+            adam = [(1, int(p.size), 1) if p.ndim < 2 else None for p in group.params]
+            return Segments(group.offsets, vectors), Segments(group.offsets, adam)
+
+        return _segments(self, group, ("nd", axis), build)
+
+    def _normalize(self, group: Group, vectors: Segments) -> None:
+        norm = np.sqrt(run(_SQUARE, group, "params", vectors, None, ())[:, 0])
+        run(_DIVIDE, group, "params", vectors, np.where(norm > 0, norm, 1.0)[:, None], ())
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        return (1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
+                1.0 / (1.0 - beta2**step), hyper["eps"])
+
+    def _run(self, group: Group, source: Any, scalars: tuple) -> None:
+        grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bc2, eps = (
+            scalars
+        )
+        vectors, adam = self._tables(group)
+        if adam.num_chunks:  # Adam for the 1-D parameters (no weight decay, eps outside)
+            run(_ND_ADAM, group, source, adam, None,
+                (grad_mult, clip_value, 0.0, 1.0, one_minus_beta1, beta2, one_minus_beta2,
+                 step_size, inv_bc2, 0.0, eps))
+        if not vectors.num_chunks:
+            return
+        radial = run(_ND_RADIAL, group, source, vectors, None, (grad_mult, clip_value))
+        grad_bar_sq = run(_ND_MOMENTS, group, source, vectors, radial,
+                          (grad_mult, clip_value, one_minus_beta1))
+        w_bar_sq = run(_ND_STEP, group, source, vectors, grad_bar_sq,
+                       (beta2, one_minus_beta2, step_size, inv_bc2, eps))
+        norm = np.sqrt(w_bar_sq[:, 0])
+        run(_DIVIDE, group, "params", vectors, np.where(norm > 0, norm, 1.0)[:, None], ())
+
+
+# ------------------------------------------------------------------- SWATS
+class SWATS(_MultiPass):
+    r"""SWATS: Adam, then SGD at the rate Adam's steps imply (Keskar & Socher, 2017).
+
+    Adam phase, with all parameters as one vector (every group included):
+
+    .. math::
+
+        p_t &= -\frac{\gamma}{1 - \beta_1^t}\, \frac{m_t}{\sqrt{a_t / (1 - \beta_2^t)}
+               + \epsilon}, \qquad \theta_t = \theta_{t-1} + p_t \\
+        \gamma^{sgd}_t &= \frac{p_t \cdot p_t}{-p_t \cdot g_t}, \qquad
+        \lambda_t = \beta_2 \lambda_{t-1} + (1 - \beta_2)\, \gamma^{sgd}_t
+
+    (:math:`m_t, a_t`: Adam's moments; :math:`\gamma^{sgd}_t` is the SGD step
+    size whose step has the same projection on :math:`p_t`; skipped when
+    :math:`p_t \cdot g_t = 0`). When :math:`t > 1` and
+    :math:`|\lambda_t / (1 - \beta_2^t) - \gamma^{sgd}_t| <` ``switch_tol``, it
+    switches for good to SGD with momentum at :math:`\Lambda = \lambda_t / (1 -
+    \beta_2^t)`:
+
+    .. math::
+
+        v_t = \beta_1 v_{t-1} + g_t, \qquad
+        \theta_t = \theta_{t-1} - (1 - \beta_1)\,\Lambda\,
+                   (g_t + \beta_1 v_t \text{ if nesterov else } v_t)
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float or schedule, default 1e-3
+        Adam's learning rate. After the switch a group's rate is
+        :math:`\Lambda\,\gamma_t / \gamma_s` (:math:`\gamma_s`: its rate at the
+        switch), so a schedule keeps decaying the SGD rate.
+    betas : (float, float), default (0.9, 0.999)
+        :math:`\beta_1` is also the SGD momentum.
+    eps : float, default 1e-8
+        Outside the square root, after bias correction (torch's Adam).
+    weight_decay : float, default 0
+        L2, in both phases.
+    nesterov : bool, default False
+        Nesterov momentum in the SGD phase.
+    maximize : bool, default False
+    switch_tol : float, default 1e-9
+        The paper's :math:`\epsilon` of the switching test (absolute).
+
+    Attributes
+    ----------
+    switched : bool
+        Whether the switch happened (the step that decided it was an Adam step).
+    switch_step : int or None
+        The step (1-based) that decided it.
+    sgd_lr : float or None
+        :math:`\Lambda`, the SGD rate.
+
+    Notes
+    -----
+    Algorithm 1 of the paper, with eps placed as in torch's Adam (the paper
+    multiplies :math:`\sqrt{1-\beta_2^t}` into the step and adds eps to
+    :math:`\sqrt{a_t}`). The switch is global; the estimate and the test use the
+    first group's betas and switch_tol. torch-optimizer's ``SWATS`` differs: it
+    switches per parameter tensor (setting its whole group's lr), with eps=1e-3 and
+    a relative test. The switch and :math:`\lambda` are saved in ``host_state``.
+
+    References
+    ----------
+    Keskar & Socher (2017), Improving Generalization Performance by Switching from
+    Adam to SGD. arXiv:1712.07628.
+    """
+
+    _nonneg = ("eps", "weight_decay", "switch_tol")
+    _bools = ("nesterov", "maximize")
+    _state_names = ("exp_avg", "exp_avg_sq", "momentum_buffer")
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, switch_tol: float = 1e-9, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize,
+                                      switch_tol=switch_tol), **options)
+        self._dots = np.zeros(2)
+
+    def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
+        return {"switched": 0.0, "switch_step": 0.0, "lambda": 0.0, "sgd_lr": 0.0,
+                "lr_at_switch": 0.0}
+
+    @property
+    def switched(self) -> bool:
+        return bool(self._groups[0].host_state["switched"])
+
+    @property
+    def switch_step(self) -> int | None:
+        return int(self._groups[0].host_state["switch_step"]) if self.switched else None
+
+    @property
+    def sgd_lr(self) -> float | None:
+        return float(self._groups[0].host_state["sgd_lr"]) if self.switched else None
+
+    def step(self, grads: Any = None, *, grad_scale: float = 1.0) -> float | None:
+        """One step of the current phase; in the Adam phase, then test the switch.
+
+        Parameters and return value as :meth:`fastmoments.Adam.step`.
+        """
+        self._dots = np.zeros(2)
+        was_switched = self.switched
+        norm = super().step(grads, grad_scale=grad_scale)
+        if not was_switched and not self.last_step_skipped:
+            self._test_switch()
+        return norm
+
+    def _test_switch(self) -> None:
+        p_dot_g, p_dot_p = (float(x) for x in self._dots)
+        if p_dot_g == 0:
+            return
+        k = self.step_count
+        first = self._groups[0]
+        beta2 = first.hyper["betas"][1]
+        gamma = p_dot_p / -p_dot_g
+        lam = beta2 * first.host_state["lambda"] + (1.0 - beta2) * gamma
+        estimate = lam / (1.0 - beta2**k)
+        switch = k > 1 and abs(estimate - gamma) < first.hyper["switch_tol"]
+        for group in self._groups:
+            host = group.host_state
+            host["lambda"] = lam
+            if switch:
+                host.update(switched=1.0, switch_step=float(k), sgd_lr=estimate)
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        wd = hyper["weight_decay"]
+        if host["switched"]:
+            ratio = lr / host["lr_at_switch"] if host["lr_at_switch"] > 0 else 1.0
+            return (wd, beta1, 1.0 if hyper["nesterov"] else 0.0,
+                    (1.0 - beta1) * host["sgd_lr"] * ratio)
+        return (wd, 1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
+                1.0 / (1.0 - beta2**step), hyper["eps"], lr)
+
+    def _run(self, group: Group, source: Any, scalars: tuple) -> None:
+        segments = _whole(self, group)
+        if group.host_state["switched"]:
+            run(_SWATS_SGD, group, source, segments, None, scalars)
+            return
+        *args, lr = scalars
+        group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
+        self._dots += run(_SWATS_ADAM, group, source, segments, None, args).sum(axis=0)
+
+
+# -------------------------------------------------------------------- Yogi
+def init_second_moment(opt: Any, grads: Sequence[Any]) -> None:
+    """:meth:`fastmoments.Yogi.init_second_moment`: v0 from the mean squared gradient."""
+    if opt.step_count:
+        raise RuntimeError("Yogi.init_second_moment: call it before the first step "
+                           f"(step_count is {opt.step_count})")
+    if not grads:
+        raise TypeError("Yogi.init_second_moment: expected at least one gradient")
+    for g in grads:  # validate all before changing anything
+        opt._collect(g)
+    opt._revalidate()
+    weight = 1.0 / len(grads)
+    for k, g in enumerate(grads):
+        for group, source in zip(opt._groups, opt._collect(g)):
+            run(_ACCUMULATE_SQUARE, group, source, _whole(opt, group), None,
+                (0.0 if k == 0 else 1.0, weight, group.hyper["weight_decay"]))
+    for group in opt._groups:
+        group.host_state["second_moment_initialized"] = 1.0
+
+
+# ---------------------------------------------------------- decay masks
+def decay_mask_groups(
+    params: Sequence[Any] | Mapping[str, Any],
+    weight_decay: float,
+    mask: None | Sequence[bool] | Mapping[str, bool] | Callable[..., bool] = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Split parameters into a decayed and an undecayed param group.
+
+    Parameters
+    ----------
+    params
+        The parameter arrays, or a mapping ``name -> array`` (e.g.
+        ``{n: p.detach().numpy() for n, p in model.named_parameters()}``).
+    weight_decay
+        The decay of the decayed group (the other gets 0).
+    mask
+        Which parameters decay. ``None`` (default): those with ``ndim >= 2``
+        (weight matrices and filters, not biases, norm gains or other vectors). A
+        sequence of bools (one per parameter), a mapping ``name -> bool``, or a
+        callable: ``mask(array)``, or ``mask(name, array)`` when ``params`` is a
+        mapping (e.g. ``lambda n, p: p.ndim >= 2 and "norm" not in n``).
+    **options
+        Other hyperparameters for both groups (e.g. ``lr=...``).
+
+    Returns
+    -------
+    list of dict
+        ``[{"params": decayed, "weight_decay": weight_decay, ...}, {"params":
+        others, "weight_decay": 0.0, ...}]``, each keeping the parameters' order; a
+        group with no parameter is left out.
+
+    Notes
+    -----
+    The optimizer then expects gradients in the order of its groups: decayed
+    parameters first. ``[p for g in groups for p in g["params"]]`` is that order.
+    A FlatParams cannot be split (a group is one buffer): build one FlatParams per
+    group instead.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmoments as fm
+    >>> w, b = np.ones((3, 2)), np.zeros(3)
+    >>> groups = fm.extra.decay_mask_groups([w, b], weight_decay=0.1)
+    >>> [len(g["params"]) for g in groups], [g["weight_decay"] for g in groups]
+    ([1, 1], [0.1, 0.0])
+    >>> opt = fm.AdamW(groups, lr=1e-3)
+    """
+    if isinstance(params, FlatParams):
+        raise TypeError("decay_mask_groups: a FlatParams cannot be split into groups; build "
+                        "one FlatParams for the decayed arrays and one for the others")
+    if not _is_number(weight_decay) or not weight_decay >= 0 or not math.isfinite(weight_decay):
+        raise ValueError(f"decay_mask_groups: weight_decay must be a finite number >= 0, got "
+                         f"{weight_decay!r}")
+    named = isinstance(params, Mapping)
+    names = list(params) if named else [None] * len(params)
+    arrays = list(params.values()) if named else list(params)
+    if mask is None:
+        flags = [np.ndim(p) >= 2 for p in arrays]
+    elif callable(mask):
+        flags = [mask(n, p) if named else mask(p) for n, p in zip(names, arrays, strict=True)]
+    elif isinstance(mask, Mapping):
+        if not named:
+            raise TypeError("decay_mask_groups: a mask mapping needs params given as a "
+                            "mapping name -> array")
+        missing = [n for n in names if n not in mask]
+        if missing:
+            raise ValueError(f"decay_mask_groups: mask has no entry for {missing}")
+        flags = [mask[n] for n in names]
+    else:
+        flags = list(mask)
+        if len(flags) != len(arrays):
+            raise ValueError(f"decay_mask_groups: mask has {len(flags)} entries for "
+                             f"{len(arrays)} parameters")
+    for n, f in zip(names, flags, strict=True):
+        if not isinstance(f, (bool, np.bool_)):
+            where = f" for {n!r}" if n is not None else ""
+            raise TypeError(f"decay_mask_groups: mask values must be bools, got {f!r}{where}")
+    decayed = [p for p, f in zip(arrays, flags, strict=True) if f]
+    others = [p for p, f in zip(arrays, flags, strict=True) if not f]
+    groups = []
+    if decayed:
+        groups.append({"params": decayed, **options, "weight_decay": float(weight_decay)})
+    if others:
+        groups.append({"params": others, **options, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("decay_mask_groups: got no parameters")
+    return groups

@@ -1,0 +1,398 @@
+"""fastmoments.extra (AdaBelief, Lion, LAMB, NDAdam, SWATS, Yogi's v0) and the Adam options
+amsgrad_bias_correction / eps_root against the NumPy reference, across every path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+from cases import problem
+
+import fastmoments as fm
+from fastmoments import extra
+
+STEPS = 60
+
+#: (class name, keyword arguments): the table that drives these tests and test_cuda_extra
+EXTRA_CASES: list[tuple[str, dict]] = [
+    ("AdaBelief", dict(lr=0.01)),
+    ("AdaBelief", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
+    ("AdaBelief", dict(lr=0.01, decoupled_weight_decay=False, weight_decay=0.1,
+                       betas=(0.8, 0.99), eps=1e-8)),
+    ("Lion", dict(lr=0.01)),
+    ("Lion", dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.95), maximize=True)),
+    ("LAMB", dict(lr=0.01)),
+    ("LAMB", dict(lr=0.01, weight_decay=0.1, eps=1e-4, maximize=True)),
+    ("NDAdam", dict(lr=0.01)),
+    ("NDAdam", dict(lr=0.01, axis=0, betas=(0.8, 0.99), maximize=True)),  # strided vectors
+    ("NDAdam", dict(lr=0.05, axis=(-2, -1), eps=1e-4)),
+    ("SWATS", dict(lr=0.01)),  # stays in the Adam phase
+    ("SWATS", dict(lr=0.01, switch_tol=1e-3)),  # switches at step 3
+    ("SWATS", dict(lr=0.01, weight_decay=0.1, nesterov=True, switch_tol=1e-3, maximize=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True, amsgrad_bias_correction=False)),
+    ("AdamW", dict(lr=0.01, amsgrad=True, amsgrad_bias_correction=False, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, eps_root=1e-3, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, eps_root=1e-3, amsgrad=True, maximize=True)),
+]
+
+
+def make(name: str):
+    return getattr(extra, name, None) or getattr(fm, name)
+
+
+def case_id(case: tuple[str, dict]) -> str:
+    name, kwargs = case
+    return name + "".join(f"-{k}={v}" for k, v in sorted(kwargs.items()))
+
+
+def run_fm(name, kwargs, params, grad, steps=STEPS, wrap=lambda ps: ps):
+    opt = make(name)(wrap(params), **kwargs)
+    for t in range(steps):
+        opt.step(grad(params, t))
+    return opt
+
+
+def run_reference(name, kwargs, params, grad, steps=STEPS):
+    opt = reference.REFERENCES[name](params, **kwargs)
+    for t in range(steps):
+        opt.step(grad(params, t))
+    return opt
+
+
+def run_flat(name, kwargs, params, grad, steps=STEPS):
+    flat = fm.FlatParams([p.copy() for p in params])
+    opt = make(name)(flat, **kwargs)
+    for t in range(steps):
+        for view, g in zip(flat.grads, grad(flat.params, t), strict=True):
+            view[...] = g
+        opt.step()
+    return flat.params, opt
+
+
+def run_groups(name, kwargs, params, grad, steps=STEPS):
+    groups = [p.copy() for p in params]
+    opt = make(name)([{"params": groups[:2]}, {"params": groups[2:]}], **kwargs)
+    for t in range(steps):
+        opt.step(grad(groups, t))
+    return groups, opt
+
+
+# ------------------------------------------------------------ the reference
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=case_id)
+def test_matches_reference_every_path(case):
+    name, kwargs = case
+    params, grad = problem()
+    ref = [p.copy() for p in params]
+    ref_opt = run_reference(name, kwargs, ref, grad)
+    mine = [p.copy() for p in params]
+    opt = run_fm(name, kwargs, mine, grad)
+    flat, opt_flat = run_flat(name, kwargs, params, grad)
+    groups, opt_groups = run_groups(name, kwargs, params, grad)
+    for a, b, c, r in zip(mine, flat, groups, ref, strict=True):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(b, a)  # one chunk table: the same sums
+        # groups: SWATS's global sums are added in another order (round-off only)
+        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-15)
+    assert any(not np.array_equal(a, p) for a, p in zip(mine, params, strict=True) if a.size)
+    if name == "SWATS":
+        for o in (opt, opt_flat, opt_groups):
+            assert o.switched == ref_opt.switched
+            assert o.switch_step == ref_opt.switch_step
+            if ref_opt.switched:
+                assert o.sgd_lr == pytest.approx(ref_opt.sgd_lr, rel=1e-12)
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=case_id)
+def test_float32_matches_reference(case):
+    name, kwargs = case
+    params, grad = problem(dtype=np.float32)
+    mine = [p.copy() for p in params]
+    ref = [p.copy() for p in params]
+    opt = run_fm(name, kwargs, mine, grad)
+    run_reference(name, kwargs, ref, grad)
+    for a, b in zip(mine, ref, strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    for buffers in opt.state_dict()["state"]:
+        assert all(v.dtype == np.float32 for v in buffers.values())
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=case_id)
+def test_parallel_loops_identical(case, monkeypatch):
+    name, kwargs = case
+    params, grad = problem(steps=10)
+    serial = [p.copy() for p in params]
+    run_fm(name, kwargs, serial, grad, steps=10)
+    monkeypatch.setattr(fm.config, "parallel_threshold", 1)
+    parallel = [p.copy() for p in params]
+    run_fm(name, kwargs, parallel, grad, steps=10)
+    flat, _ = run_flat(name, kwargs, params, grad, steps=10)
+    for a, b, c in zip(serial, parallel, flat, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=case_id)
+def test_state_dict_round_trip_continues_identically(case):
+    name, kwargs = case
+    params, grad = problem(steps=30)
+    a = [p.copy() for p in params]
+    opt_a = run_fm(name, kwargs, a, grad, steps=15)
+    saved = opt_a.state_dict()
+    b = [p.copy() for p in params]
+    opt_b = make(name)(b, **kwargs)
+    for x, y in zip(b, a, strict=True):  # the model's weights restored after building the optimizer
+        x[...] = y
+    opt_b.load_state_dict(saved)
+    assert opt_b.step_count == 15
+    for t in range(15, 30):
+        opt_a.step(grad(a, t))
+        opt_b.step(grad(b, t))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert all(isinstance(v, float) for h in saved["host_state"] for v in h.values())
+
+
+# ------------------------------------------------------------------ details
+def test_swats_switch_is_observable_and_saved():
+    params, grad = problem(steps=40)
+    a = [p.copy() for p in params]
+    opt = extra.SWATS(a, lr=0.01, switch_tol=1e-3)
+    assert not opt.switched and opt.switch_step is None and opt.sgd_lr is None
+    for t in range(2):
+        opt.step(grad(a, t))
+    assert not opt.switched
+    opt.step(grad(a, 2))
+    assert opt.switched and opt.switch_step == 3 and opt.sgd_lr > 0
+    sd = opt.state_dict()
+    assert sd["host_state"][0]["switched"] == 1.0 and sd["host_state"][0]["switch_step"] == 3.0
+    # the SGD phase: momentum SGD at (1 - beta1) * sgd_lr, no Adam moments touched
+    m_before = opt.state[0]["exp_avg"].copy()
+    b = [p.copy() for p in a]
+    buf = [np.zeros_like(p) for p in a]
+    for t in range(3, 8):
+        g = grad(a, t)
+        opt.step(g)
+        for p, gi, v in zip(b, g, buf, strict=True):
+            v[...] = 0.9 * v + gi
+            p -= 0.1 * opt.sgd_lr * v
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], m_before)
+    # a fresh optimizer loading the state is in the SGD phase
+    c = [p.copy() for p in a]
+    opt_c = extra.SWATS(c, lr=0.01, switch_tol=1e-3)
+    opt_c.load_state_dict(opt.state_dict())
+    assert opt_c.switched and opt_c.switch_step == 3 and opt_c.sgd_lr == opt.sgd_lr
+
+
+def test_swats_sgd_rate_follows_the_schedule_after_the_switch():
+    params, grad = problem(steps=10)
+    a = [p.copy() for p in params]
+    opt = extra.SWATS(a, lr=lambda k: 0.01 if k < 5 else 0.005, switch_tol=1e-3)
+    for t in range(5):
+        opt.step(grad(a, t))
+    assert opt.switched and opt.switch_step == 3
+    before = [p.copy() for p in a]
+    buf = [v.copy() for v in (s["momentum_buffer"] for s in opt.state)]
+    g = grad(a, 5)
+    opt.step(g)  # lr halved: the SGD rate halves too
+    for p, x, gi, v in zip(a, before, g, buf, strict=True):
+        np.testing.assert_allclose(p, x - 0.1 * (opt.sgd_lr * 0.5) * (0.9 * v + gi),
+                                   rtol=1e-12, atol=1e-15)
+
+
+def test_ndadam_vectors_unit_norm_and_state_layout():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 6))
+    conv = rng.standard_normal((3, 2, 2, 2))
+    b = rng.standard_normal(4)
+    opt = extra.NDAdam([{"params": [w, b]}, {"params": [conv], "axis": (1, 2, 3)}], lr=0.05)
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(np.linalg.norm(conv.reshape(3, -1), axis=1), 1.0, rtol=1e-14)
+    w0 = w.copy()
+    for k in range(5):
+        opt.step([rng.standard_normal(w.shape), rng.standard_normal(b.shape),
+                  rng.standard_normal(conv.shape)])
+        if k == 0:  # m_1 = (1 - beta1) g_bar_1: the radial part of g_1 was removed
+            m = opt.state[0]["exp_avg"]
+            np.testing.assert_allclose(np.sum(m * w0, axis=1), 0.0, atol=1e-15)
+            assert np.all(np.linalg.norm(m, axis=1) > 0.01)
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(np.linalg.norm(conv.reshape(3, -1), axis=1), 1.0, rtol=1e-14)
+    # v is one scalar per vector, repeated along the vector
+    v = opt.state[0]["exp_avg_sq"]
+    np.testing.assert_array_equal(v, np.repeat(v[:, :1], 6, axis=1))
+    assert np.all(v > 0) and len(np.unique(v[:, 0])) == 4
+    # the bias is updated by Adam: one v per element
+    assert len(np.unique(opt.state[1]["exp_avg_sq"])) == 4
+
+
+def test_ndadam_rejects_bad_axis():
+    with pytest.raises(ValueError, match="adjacent"):
+        extra.NDAdam([np.ones((2, 3, 4))], axis=(0, 2))
+    with pytest.raises(ValueError, match="out of range"):
+        extra.NDAdam([np.ones((2, 3))], axis=2)
+    with pytest.raises(ValueError, match="axis"):
+        extra.NDAdam([np.ones((2, 3))], axis="rows")
+    p = np.ones((2, 3))
+    with pytest.raises(ValueError):
+        extra.NDAdam([p, np.ones((2, 3, 4))], axis=(1, 2))  # fails for the 2-D one
+    np.testing.assert_array_equal(p, 1.0)  # nothing normalized when it refuses
+
+
+def test_lamb_trust_ratios_and_long_tensors(monkeypatch):
+    import fastmoments._segmented as seg
+
+    monkeypatch.setattr(seg, "CHUNK", 7)  # tensors split into many chunks
+    params, grad = problem(shapes=[(40,), (3, 11), (0,), (2,)], steps=20)
+    a = [p.copy() for p in params]
+    ref = [p.copy() for p in params]
+    opt = run_fm("LAMB", dict(lr=0.01, weight_decay=0.1), a, grad, steps=20)
+    run_reference("LAMB", dict(lr=0.01, weight_decay=0.1), ref, grad, steps=20)
+    for x, y in zip(a, ref, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+    assert opt.trust_ratios[0].shape == (4,) and opt.trust_ratios[0][2] == 1.0
+
+
+def test_lion_moves_every_coordinate_by_lr():
+    p = [np.array([1.0, -2.0, 3.0, 0.5])]
+    opt = extra.Lion(p, lr=0.1)
+    opt.step([np.array([0.3, -1e-9, 0.0, -7.0])])
+    np.testing.assert_allclose(p[0], [0.9, -1.9, 3.0, 0.6], rtol=1e-15)
+
+
+def test_validation_messages():
+    with pytest.raises(ValueError, match="betas"):
+        extra.Lion([np.ones(2)], betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="eps"):
+        extra.LAMB([np.ones(2)], eps=-1.0)
+    with pytest.raises(ValueError, match="switch_tol"):
+        extra.SWATS([np.ones(2)], switch_tol=-1.0)
+    with pytest.raises(TypeError, match="amsgrad"):
+        extra.AdaBelief([np.ones(2)], amsgrad=1)
+    with pytest.raises(ValueError, match="lr"):
+        extra.NDAdam([np.ones(2)], lr=-1.0)
+
+
+# ---------------------------------------------------------- Yogi's v0
+def _yogi_with_v0(params, grads0, grad, steps, lr, betas, eps, weight_decay):
+    """Yogi (Zaheer et al.) with v0 = mean of squared gradients, v not bias-corrected."""
+    b1, b2 = betas
+    wd = weight_decay
+    m = [np.full_like(p, 1e-6) for p in params]
+    v = [np.mean([(g[i] + wd * p) ** 2 for g in grads0], axis=0) for i, p in enumerate(params)]
+    for t in range(steps):
+        for i, (p, g) in enumerate(zip(params, grad(params, t), strict=True)):
+            g = g + wd * p
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = v[i] - (1 - b2) * np.sign(v[i] - g * g) * (g * g)
+            p[...] = p - lr * (m[i] / (1 - b1 ** (t + 1))) / (np.sqrt(v[i]) + eps)
+
+
+@pytest.mark.parametrize("path", ["list", "flat"])
+def test_yogi_init_second_moment(path):
+    params, grad = problem(steps=30)
+    rng = np.random.default_rng(3)
+    grads0 = [[rng.standard_normal(p.shape) for p in params] for _ in range(3)]
+    kw = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.1)
+    ref = [p.copy() for p in params]
+    _yogi_with_v0(ref, grads0, grad, 30, **kw)
+    if path == "list":
+        mine = [p.copy() for p in params]
+        opt = fm.Yogi(mine, **kw)
+        opt.init_second_moment(*grads0)
+        for t in range(30):
+            opt.step(grad(mine, t))
+    else:
+        flat = fm.FlatParams([p.copy() for p in params])
+        opt = fm.Yogi(flat, **kw)
+        opt.init_second_moment(*[np.concatenate([g.ravel() for g in gs]) for gs in grads0])
+        for t in range(30):
+            opt.step(np.concatenate([g.ravel() for g in grad(flat.params, t)]))
+        mine = flat.params
+    for a, b in zip(mine, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert opt.state_dict()["host_state"][0]["second_moment_initialized"] == 1.0
+    with pytest.raises(RuntimeError, match="before the first step"):
+        opt.init_second_moment(*grads0)
+
+
+def test_yogi_without_init_is_the_core_yogi():
+    params, grad = problem(steps=20)
+    a, b = [p.copy() for p in params], [p.copy() for p in params]
+    run_fm("Yogi", dict(lr=0.05), a, grad, steps=20)
+    opt = fm.Yogi(b, lr=0.05)
+    for t in range(20):
+        opt.step(grad(b, t))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert isinstance(fm.Yogi([np.ones(2)]), fm.Yogi)
+
+
+def test_yogi_init_validates_before_changing_anything():
+    p = [np.ones(3), np.ones(2)]
+    opt = fm.Yogi(p)
+    with pytest.raises(ValueError, match="shape"):
+        opt.init_second_moment([np.ones(3), np.ones(2)], [np.ones(3), np.ones(5)])
+    np.testing.assert_array_equal(opt.state[0]["exp_avg_sq"], 1e-6)
+    with pytest.raises(TypeError, match="at least one"):
+        opt.init_second_moment()
+
+
+# ------------------------------------------------- outside implementations
+@pytest.fixture
+def torch64():
+    torch = pytest.importorskip("torch")
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield torch
+    torch.set_default_dtype(old)
+
+
+def _against_torch_optimizer(torch, make_theirs, name, kwargs, steps=STEPS):
+    params, grad = problem()
+    mine = [p.copy() for p in params]
+    opt = make(name)(mine, **kwargs)
+    tensors = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    theirs = make_theirs(tensors)
+    for t in range(steps):
+        opt.step(grad(mine, t))
+        current = [x.detach().numpy() for x in tensors]
+        for x, g in zip(tensors, grad(current, t), strict=True):
+            x.grad = torch.from_numpy(g)
+        theirs.step()
+    for a, x in zip(mine, tensors, strict=True):
+        np.testing.assert_allclose(a, x.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_lion_matches_lion_pytorch(torch64, wd):
+    lion_pytorch = pytest.importorskip("lion_pytorch")
+    kw = dict(lr=0.01, betas=(0.9, 0.99), weight_decay=wd)
+    _against_torch_optimizer(torch64, lambda ts: lion_pytorch.Lion(ts, **kw), "Lion", kw)
+
+
+@pytest.mark.parametrize("kw", [dict(weight_decay=0.1), dict(amsgrad=True),
+                                dict(decoupled_weight_decay=False, weight_decay=0.1)],
+                         ids=["decoupled", "amsgrad", "l2"])
+def test_adabelief_matches_adabelief_pytorch(torch64, kw):
+    adabelief_pytorch = pytest.importorskip("adabelief_pytorch")
+    kw = dict(lr=0.01, eps=1e-10, **kw)
+    decouple = kw.get("decoupled_weight_decay", True)
+    theirs = {k: v for k, v in kw.items() if k != "decoupled_weight_decay"}
+    _against_torch_optimizer(
+        torch64,
+        lambda ts: adabelief_pytorch.AdaBelief(ts, rectify=False, weight_decouple=decouple,
+                                               fixed_decay=False, print_change_log=False,
+                                               **theirs),
+        "AdaBelief", kw)
+
+
+def test_adabelief_matches_pytorch_optimizer(torch64):
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    kw = dict(lr=0.01, eps=1e-10, weight_decay=0.1)
+    _against_torch_optimizer(
+        torch64, lambda ts: pytorch_optimizer.AdaBelief(ts, foreach=False, **kw), "AdaBelief",
+        kw)
