@@ -136,7 +136,7 @@ def test_divergence_is_reported_not_raised(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--optimizers", "adam,foo"], "unknown optimizer 'foo'; valid names: adadelta,"),
+        (["--optimizers", "adam,foo"], "unknown optimizer 'foo'; valid names: "),
         (["--optimizers", ","], "valid names:"),
         (["--steps", "0"], "--steps: expected an integer >= 1, got 0"),
         (["--steps", "ten"], "--steps: expected an integer, got 'ten'"),
