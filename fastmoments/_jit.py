@@ -52,16 +52,36 @@ def _void_pointer(typingctx, address):
     return sig, codegen
 
 
-def _source_hash() -> str:
+def source_hash(*names: str) -> str:
+    """A short hash of this package's source files ``names`` (for generated-code names)."""
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for name in ("_jit.py", "_rules.py"):
+    for name in names:
         with open(os.path.join(here, name), "rb") as handle:
             digest.update(handle.read())
     return digest.hexdigest()[:10]
 
 
-_SOURCE_HASH = _source_hash()
+_SOURCE_HASH = source_hash("_jit.py", "_rules.py")
+
+
+def build_generated(source: str, name: str, filename: str, rule_fn, extra_globals: dict):
+    """Compile generated source and return its function ``name``.
+
+    The code is attributed to ``filename`` (a real module file, at a line past its
+    end) so that numba's on-disk cache can locate and stamp it; the generated names
+    carry a source hash, so editing a rule or a template gives new cache entries.
+    """
+    namespace = {
+        "__name__": __name__,
+        "rule": rule_fn,
+        "prange": prange,
+        "carray": carray,
+        "void_pointer": _void_pointer,
+        **extra_globals,
+    }
+    exec(compile("\n" * 2000 + source, filename, "exec"), namespace)
+    return namespace[name]
 
 _FLAT_TEMPLATE = """
 def {name}(param, grad{states}, scalars):
@@ -134,18 +154,8 @@ class Kernel:
 
     def _build(self, template: str, suffix: str, parallel: bool, extra_globals: dict):
         source = self._format(template, suffix, parallel)
-        namespace = {
-            "__name__": __name__,
-            "rule": self.rule,
-            "prange": prange,
-            "carray": carray,
-            "void_pointer": _void_pointer,
-            **extra_globals,
-        }
-        # Attributed to this file (at a line past its end) so numba's cache can locate it.
-        code = compile("\n" * 2000 + source, __file__, "exec")
-        exec(code, namespace)
-        return namespace[f"{self.name}_{suffix}_{_SOURCE_HASH}"]
+        name = f"{self.name}_{suffix}_{_SOURCE_HASH}"
+        return build_generated(source, name, __file__, self.rule, extra_globals)
 
     def _cpu(self, template: str, suffix: str, parallel: bool):
         fn = self._build(template, suffix, parallel, {})

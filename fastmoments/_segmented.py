@@ -27,19 +27,17 @@ The per-chunk partial sums are added per segment on the host (``Segments.totals`
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import os
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
 import numpy as np
-from numba import carray, njit, prange
+from numba import njit
 
 from . import _cpu
 from ._backend import config
-from ._jit import _FASTMATH, _void_pointer
+from ._jit import _FASTMATH, build_generated, source_hash
 
 __all__ = ["Segments", "SegmentedKernel", "run", "CHUNK"]
 
@@ -52,16 +50,7 @@ MAX_THREADS = 1024
 _TENSOR, _SEGMENT, _FIRST, _COUNT, _STRIDE, _FIRST_FLAT = range(6)
 
 
-def _source_hash() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256()
-    for name in ("_jit.py", "_rules.py", "_segmented.py"):
-        with open(os.path.join(here, name), "rb") as handle:
-            digest.update(handle.read())
-    return digest.hexdigest()[:10]
-
-
-_SOURCE_HASH = _source_hash()
+_SOURCE_HASH = source_hash("_jit.py", "_rules.py", "_segmented.py")
 
 
 # ------------------------------------------------------------------ layout
@@ -285,18 +274,7 @@ class SegmentedKernel:
         )
 
     def _build(self, source: str, name: str, extra_globals: dict):
-        namespace = {
-            "__name__": __name__,
-            "rule": self.rule,
-            "prange": prange,
-            "carray": carray,
-            "void_pointer": _void_pointer,
-            **extra_globals,
-        }
-        # Attributed to this file (past its end) so numba's on-disk cache finds it.
-        code = compile("\n" * 2000 + source, __file__, "exec")
-        exec(code, namespace)
-        return namespace[name]
+        return build_generated(source, name, __file__, self.rule, extra_globals)
 
     def _cpu(self, parallel: bool):
         suffix = "parallel" if parallel else "serial"

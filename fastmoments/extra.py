@@ -35,7 +35,9 @@ from ._segmented import SegmentedKernel, Segments, run, whole_tensors
 from .flat import FlatParams
 from .optimizers import _Checked
 
-__all__ = ["AdaBelief", "Lion", "LAMB", "NDAdam", "SWATS", "decay_mask_groups", "init_second_moment"]
+__all__ = [
+    "AdaBelief", "Lion", "LAMB", "NDAdam", "SWATS", "decay_mask_groups", "init_second_moment",
+]
 
 _ADABELIEF = Kernel(_rules.adabelief, ("exp_avg", "exp_avg_var"))
 _ADABELIEF_AMSGRAD = Kernel(_rules.adabelief_amsgrad,
