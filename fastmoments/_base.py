@@ -366,13 +366,15 @@ class Optimizer:
                 clip_coef = min(1.0, self.max_grad_norm / (norm + 1e-6))
         step = self.step_count + 1
         clip_value = math.inf if self.clip_value is None else self.clip_value
+        grad_mult = clip_coef / grad_scale
         for group, source in zip(self._groups, sources):
             hyper = group.hyper
-            lr = _current(hyper["lr"], self.step_count)
-            sign = -1.0 if hyper["maximize"] else 1.0
-            scalars = (sign / grad_scale * clip_coef, clip_value) + self._scalars(
-                hyper, lr, step, group.host_state
-            )
+            lr = hyper["lr"]
+            if callable(lr):
+                lr = _current(lr, self.step_count)
+            scalars = (
+                -grad_mult if hyper["maximize"] else grad_mult, clip_value,
+            ) + self._scalars(hyper, lr, step, group.host_state)
             self._run(group, source, scalars)
         self.step_count = step
         self.last_step_skipped = False
@@ -414,7 +416,8 @@ class Optimizer:
             dtype = group.dtype
             addresses = group.grad_addresses
             address_of = _cpu.address_of
-            for j, (g, p) in enumerate(zip(mine, group.params)):
+            j = 0
+            for g, p in zip(mine, group.params):
                 if (
                     type(g) is not np.ndarray
                     or g.dtype is not dtype
@@ -423,6 +426,7 @@ class Optimizer:
                 ):
                     g = self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
                 addresses[j] = address_of(g)
+                j += 1
             sources.append(None)
         return sources
 
