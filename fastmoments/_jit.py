@@ -98,6 +98,7 @@ def {name}(param_addresses, grad_addresses, offsets{states}, scalars):
         n = offsets[j + 1] - start
         param = carray(void_pointer(param_addresses[j]), n, scalars.dtype)
         grad = carray(void_pointer(grad_addresses[j]), n, scalars.dtype)
+        {slices}
         for i in range(n):
             param[i]{states_k}, = rule(param[i], grad[i]{states_k}{scalars})
 """
@@ -138,7 +139,10 @@ class Kernel:
         states = "".join(f", {s}" for s in self.state_names)
         scalars = "".join(f", {s}" for s in self.scalar_names)
         states_i = "".join(f", {s}[i]" for s in self.state_names)
-        states_k = "".join(f", {s}[start + i]" for s in self.state_names)
+        # the list path slices each state buffer per array first: indexing the whole
+        # buffer at ``start + i`` kept LLVM from vectorizing the loop (measured 4.6x)
+        states_k = "".join(f", {s}_j[i]" for s in self.state_names)
+        slices = "".join(f"{s}_j = {s}[start:start + n]; " for s in self.state_names)
         # CPU loops take the scalars as one array of the buffer dtype (one argument to
         # type-check per call instead of a dozen); they are unpacked before the loop.
         unpack = "".join(f"{s} = scalars[{k}]; " for k, s in enumerate(self.scalar_names))
@@ -149,6 +153,7 @@ class Kernel:
             states_i=states_i,
             states_k=states_k,
             unpack=unpack or "pass",
+            slices=slices or "pass",
             range="prange" if parallel else "range",
         )
 
