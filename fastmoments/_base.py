@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -49,7 +50,7 @@ class Group:
     __slots__ = (
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
-        "scalars", "states",
+        "scalars", "states", "pack", "scalar_bytes",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -217,6 +218,11 @@ class Optimizer:
         all_params = [p for g in self._groups for p in g.params]
         _check_no_aliasing(all_params, owner)
         self._num_params = len(all_params)
+        # every group a FlatParams: step() reads their (fixed) .grad buffers
+        self._flat_grads = (
+            [g.flat.grad for g in self._groups]
+            if all(g.flat is not None for g in self._groups) else None
+        )
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}
@@ -256,6 +262,11 @@ class Optimizer:
         group.states = tuple(state.values())
         group.kernel = kernel
         group.scalars = np.empty(len(kernel.scalar_names), dtype=group.dtype)
+        # packing the per-step scalars with struct into the array's memory costs about
+        # half of ``scalars[:] = tuple`` (both round float64 -> float32 to nearest)
+        code = "f" if group.dtype == np.float32 else "d"
+        group.pack = struct.Struct(f"{len(kernel.scalar_names)}{code}").pack_into
+        group.scalar_bytes = memoryview(group.scalars).cast("B")
         if fresh:
             group.host_state = self._initial_host_state(group.hyper)
         group.hyper.dirty = False
@@ -434,12 +445,12 @@ class Optimizer:
         """``grads`` given as None (FlatParams' own buffers) or as one flat array."""
         groups = self._groups
         if grads is None:
-            if any(g.flat is None for g in groups):
+            if self._flat_grads is None:
                 raise TypeError(
                     "grads: expected one gradient per parameter; grads=None is only "
                     "allowed when every param group is a FlatParams"
                 )
-            return [g.flat.grad for g in groups]
+            return self._flat_grads
         if _is_array_like(grads):
             if len(groups) != 1 or groups[0].flat is None:
                 raise TypeError(
@@ -532,7 +543,10 @@ class Optimizer:
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         args = group.scalars
-        args[:] = scalars  # cast to the buffer dtype once, on the host
+        try:  # cast to the buffer dtype once, on the host
+            group.pack(group.scalar_bytes, 0, *scalars)
+        except OverflowError:  # a float64 scalar beyond float32's range: inf, as NumPy
+            args[:] = scalars
         kernel = group.kernel
         if group.device == "cuda":
             self._run_cuda(group, source, kernel, group.states, tuple(args))

@@ -226,3 +226,11 @@ def test_torch_cpu_tensor_views_are_updated_in_place():
     opt = fm.SGD([w.numpy()], lr=0.5)
     opt.step([np.ones(4)])
     assert torch.equal(w, torch.full((4,), 0.5, dtype=torch.float64))
+
+
+def test_float32_scalar_beyond_float32_range_becomes_inf():
+    # the host scalars are float64; cast to float32 they overflow to inf, as in NumPy
+    p = [np.ones(2, dtype=np.float32)]
+    with np.errstate(over="ignore"):
+        fm.SGD(p, lr=1e39).step([np.ones(2, dtype=np.float32)])
+    np.testing.assert_array_equal(p[0], np.full(2, -np.inf, dtype=np.float32))
