@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import struct
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, ClassVar
 

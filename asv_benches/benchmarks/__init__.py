@@ -1,0 +1,1 @@
+"""asv benchmarks of fastmoments (see ../asv.conf.json and docs/performance.md)."""

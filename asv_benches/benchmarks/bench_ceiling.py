@@ -1,0 +1,35 @@
+"""The ceiling: in-place kernels with a rule's reads and writes and no math."""
+
+from __future__ import annotations
+
+from fastmoments import bench
+
+from .common import BACKENDS, DTYPES, SIZES, gbps, run_once, skip_combination
+
+
+class Ceiling:
+    """``p += g`` and ``s += g`` for each of ``states`` buffers: (2+S) reads, (1+S) writes.
+
+    Serial below ``fastmoments.config.parallel_threshold``, parallel from it on.
+    """
+
+    params = [[0, 1, 2, 3], SIZES, DTYPES, BACKENDS]
+    param_names = ["states", "size", "dtype", "backend"]
+    timeout = 300
+
+    def setup(self, states: int, size: int, dtype: str, backend: str) -> None:
+        skip_combination(size, dtype, "flat", backend)
+        self.case = bench.ceiling_case(states, size, dtype, backend)
+        run_once(self.case)
+
+    def teardown(self, *params) -> None:
+        self.case = None
+
+    def time_step(self, *params) -> None:
+        self.case.step()
+        self.case.sync()
+
+    def track_gbps(self, *params) -> float:
+        return gbps(self.case)
+
+    track_gbps.unit = "GB/s"

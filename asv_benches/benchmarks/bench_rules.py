@@ -1,0 +1,82 @@
+"""Every rule: time per step, peak memory, GB/s and its fraction of the ceiling."""
+
+from __future__ import annotations
+
+from fastmoments import bench
+
+from .common import (
+    BACKENDS,
+    CHUNK,
+    DTYPES,
+    PATHS,
+    RULES,
+    SIZES,
+    fraction_of_ceiling,
+    gbps,
+    run_once,
+    skip_combination,
+)
+
+
+class RuleStep:
+    """One optimizer step of a fastmoments rule (list of arrays, or a FlatParams)."""
+
+    params = [RULES, SIZES, DTYPES, PATHS, BACKENDS]
+    param_names = ["rule", "size", "dtype", "path", "backend"]
+    timeout = 300
+
+    def setup(self, rule: str, size: int, dtype: str, path: str, backend: str) -> None:
+        skip_combination(size, dtype, path, backend)
+        self.case = bench.fastmoments_case(rule, size, dtype, path, CHUNK, backend)
+        run_once(self.case)  # compilation (or the on-disk cache) happens here
+
+    def teardown(self, *params) -> None:
+        self.case = None
+
+    def time_step(self, *params) -> None:
+        self.case.step()
+        self.case.sync()
+
+    def peakmem_step(self, *params) -> None:
+        self.case.step()
+        self.case.sync()
+
+    def track_gbps(self, *params) -> float:
+        return gbps(self.case)
+
+    track_gbps.unit = "GB/s"
+
+    def track_fraction_of_ceiling(self, rule, size, dtype, path, backend) -> float:
+        return fraction_of_ceiling(self.case, size, dtype, backend)
+
+    track_fraction_of_ceiling.unit = "fraction"
+
+
+class FirstStep:
+    """The first step in a fresh process: cold (empty numba cache) or cached.
+
+    1e3 elements run the serial loop (flat) / the serial multi-array loop (list);
+    1e6 elements the parallel ones.
+    """
+
+    params = [RULES, [10**3, 10**6], ["float32"], PATHS, ["cold", "cached"]]
+    param_names = ["rule", "size", "dtype", "path", "cache"]
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, rule: str, size: int, dtype: str, path: str, cache: str) -> None:
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory(prefix="fastmoments-asv-cache-")
+        if cache == "cached":
+            bench.first_step(rule, size, dtype, path, CHUNK, "cpu", self.dir.name)
+
+    def teardown(self, *params) -> None:
+        self.dir.cleanup()
+
+    def track_first_step_s(self, rule, size, dtype, path, cache) -> float:
+        out = bench.first_step(rule, size, dtype, path, CHUNK, "cpu", self.dir.name)
+        return out["first_step_s"]
+
+    track_first_step_s.unit = "s"

@@ -1,0 +1,186 @@
+"""Smoke tests of ``fastmoments bench``: structure and sanity of the results, never speed."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastmoments import bench
+
+FAST = ["--budget", "0", "--quiet", "--threads", "1"]
+
+
+def _run_json(capsys, *argv):
+    rc = bench.main([*argv, *FAST, "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    return json.loads(out)
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_traffic_and_chunks():
+    assert bench.traffic(0) == (2, 1)
+    assert bench.traffic(2) == (4, 3)  # Adam: p, g, m, v read; p, m, v written
+    assert bench._chunk_sizes(2500, 1000) == [1000, 1000, 500]
+    assert bench._chunk_sizes(7, 1000) == [7]
+    assert bench._chunk_sizes(2000, 1000) == [1000, 1000]
+    assert bench.rule_states("Adam") == 2
+    assert bench.rule_states("SGD") == 1  # benchmarked with momentum
+
+
+@pytest.mark.parametrize("n_states", [0, 1, 2, 3])
+@pytest.mark.parametrize("n", [17, 70_000])  # serial and parallel (threshold 65536)
+def test_ceiling_kernel_reads_and_writes_every_buffer(n_states, n):
+    case = bench.ceiling_case(n_states, n, np.float64)
+    p, g, *states = case.keep[0]
+    p0 = p.copy()
+    case.step()
+    np.testing.assert_array_equal(p, p0 + g)
+    for s in states:
+        np.testing.assert_array_equal(s, g)
+    assert case.bytes_per_step == (3 + 2 * n_states) * 8 * n
+
+
+def test_numpy_adam_follows_fastmoments_adam():
+    # the comparison row computes the same thing as the rule it is compared with
+    fm_case = bench.fastmoments_case("AdamW", 3000, np.float64, "flat")
+    np_case = bench.numpy_case("AdamW", 3000, np.float64, "list", chunk=1000)
+    for _ in range(3):
+        fm_case.step()
+        np_case.step()
+    flat = fm_case.keep[1]
+    mine = np.concatenate([a[0] for a in np_case.keep[0]])
+    np.testing.assert_allclose(mine, flat.data, rtol=1e-12, atol=1e-15)
+
+
+def test_json_results(capsys):
+    doc = _run_json(capsys, "--rules", "adam,sgd", "--sizes", "1000", "--compare", "torch",
+                    "--tiny", "--many", "--many-shape", "3x10", "--dtypes", "float32,float64")
+    assert doc["format"] == "fastmoments-bench/1"
+    machine = doc["machine"]
+    for key in ("cpu", "cores", "numba", "numpy", "torch", "date", "parallel_threshold"):
+        assert key in machine
+    assert machine["numba"] and machine["numpy"]
+    rows = doc["results"]
+    mine = [r for r in rows if r["impl"] == "fastmoments"]
+    # 2 rules x 2 paths x 2 dtypes x 3 scenarios
+    assert len(mine) == 24
+    assert {(r["rule"], r["path"], r["scenario"]) for r in mine} == {
+        (rule, path, scenario) for rule in ("Adam", "SGD") for path in ("flat", "list")
+        for scenario in ("sizes", "tiny", "many")
+    }
+    for r in rows:
+        assert _positive(r["time_min_s"]) and _positive(r["time_median_s"])
+        assert r["time_min_s"] <= r["time_median_s"]
+        assert _positive(r["gbps"]) and r["repeats"] >= 5
+        reads, writes = (int(x[:-1]) for x in r["traffic"].split("/"))
+        itemsize = 4 if r["dtype"] == "float32" else 8
+        assert r["bytes_per_step"] == (reads + writes) * itemsize * r["size"]
+        assert r["threads"] == 1 and r["backend"] == "cpu"
+        if r["impl"] != "ceiling":
+            assert _positive(r["fraction"]) and _positive(r["ceiling_gbps"])
+    adam = [r for r in mine if r["rule"] == "Adam"]
+    assert all(r["traffic"] == "4r/3w" for r in adam)
+    assert {r["arrays"] for r in mine if r["scenario"] == "many"} == {3}
+    assert {r["size"] for r in mine if r["scenario"] == "tiny"} == {bench.TINY_SIZE}
+    pytest.importorskip("torch")
+    impls = {r["impl"] for r in rows}
+    assert {"ceiling", "fastmoments", "torch-fused", "torch-foreach", "numpy"} <= impls
+    assert all(_positive(r["speedup_vs_torch_fused"]) for r in mine)
+    assert doc["targets"] and all(isinstance(t["met"], bool) for t in doc["targets"])
+
+
+def test_table_output(capsys):
+    rc = bench.main(["--rules", "rmsprop", "--sizes", "500", "--paths", "list", "--chunk",
+                     "100", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "GB/s" in out and "of ceil" in out and "RMSprop" in out
+    row = next(line for line in out.splitlines() if "RMSprop" in line)
+    assert " 5 " in row and "3r/2w" in row  # 5 arrays of 100; square_avg only
+
+
+def test_crossover_and_first_step(capsys):
+    doc = _run_json(capsys, "--rules", "sgd", "--sizes", "none", "--paths", "flat",
+                    "--crossover", "--crossover-sizes", "100,2000", "--first-step",
+                    "--first-step-sizes", "100")
+    assert doc["results"] == []
+    cross = doc["crossover"]
+    assert [r["size"] for r in cross] == [100, 2000]
+    assert all(_positive(r["serial_min_s"]) and _positive(r["parallel_min_s"]) for r in cross)
+    assert len(doc["crossover_summary"]) == 1
+    (first,) = doc["first_step"]
+    for key in ("import_s", "cold_first_step_s", "cached_first_step_s", "second_step_s"):
+        assert _positive(first[key])
+
+
+def test_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "gbps.png"
+    rc = bench.main(["--rules", "sgd,lion", "--sizes", "100,1000", "--plot", str(png), *FAST])
+    capsys.readouterr()
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rules", "adamq"], "unknown adamq"),
+    (["--sizes", "1e3,abc"], "not a number"),
+    (["--dtypes", "float16"], "float16"),
+    (["--threads", "4096"], "at most"),
+    (["--many-shape", "10by10"], "ARRAYSxELEMENTS"),
+])
+def test_bad_options_exit_2(capsys, argv, message):
+    assert bench.main([*argv, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+_NO_CUDA = """
+import sys
+from fastmoments import bench
+sys.exit(bench.main(["--backend", "cuda", "--sizes", "none", "--quiet"]))
+"""
+
+
+def test_cuda_backend_without_cuda_exits_2():
+    # in a fresh process without the simulator that tests/conftest.py turns on
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, "-c", _NO_CUDA], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("a CUDA device is present")
+    assert proc.returncode == 2, proc.stderr
+    assert "--backend cuda" in proc.stderr and "no usable CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+_SIMULATED = """
+import json, sys
+import fastmoments as fm
+from fastmoments import bench
+fm.config.cuda_threads_per_block = 4
+fm.config.cuda_max_blocks = 3
+sys.exit(bench.main(["--backend", "cuda", "--rules", "adam", "--sizes", "40", "--chunk", "16",
+                     "--budget", "0", "--quiet", "--json"]))
+"""
+
+
+def test_cuda_backend_under_the_simulator():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    proc = subprocess.run([sys.executable, "-c", _SIMULATED], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = doc["results"]
+    assert {(r["impl"], r["path"]) for r in rows} == {
+        ("ceiling", "flat"), ("fastmoments", "flat"), ("fastmoments", "list")}
+    assert all(r["backend"] == "cuda" and r["threads"] is None for r in rows)
+    assert all(_positive(r["gbps"]) for r in rows)
+    assert next(r for r in rows if r["path"] == "list")["arrays"] == 3
