@@ -8,8 +8,20 @@ imported, which is why it is set here, at the top of the first conftest.
 import os
 import sys
 
+import pytest
+
 if os.environ.get("FASTMOMENTS_REAL_GPU") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 # tests/ holds shared helpers (reference.py, cases.py) imported as top-level modules
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def torch64():
+    """torch with float64 as default dtype (torch keeps step and mu_product in it)."""
+    torch = pytest.importorskip("torch")
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield torch
+    torch.set_default_dtype(old)

@@ -342,13 +342,6 @@ def test_yogi_init_validates_before_changing_anything():
 
 
 # ------------------------------------------------- outside implementations
-@pytest.fixture
-def torch64():
-    torch = pytest.importorskip("torch")
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield torch
-    torch.set_default_dtype(old)
 
 
 def _against_torch_optimizer(torch, make_theirs, name, kwargs, steps=STEPS):

@@ -14,14 +14,6 @@ from fastmoments import extra
 STEPS = 30
 
 
-@pytest.fixture
-def torch64():
-    torch = pytest.importorskip("torch")
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield torch
-    torch.set_default_dtype(old)
-
 
 TORCH_CASES = [
     ("SGD", dict(lr=0.05, momentum=0.9)),

@@ -44,14 +44,6 @@ def test_matches_reference(case, dtype):
     assert any(not np.array_equal(a, p) for a, p in zip(mine, params) if a.size)
 
 
-@pytest.fixture
-def torch64():
-    torch = pytest.importorskip("torch")
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # torch keeps step / mu_product in this dtype
-    yield torch
-    torch.set_default_dtype(old)
-
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in TORCH_HAS], ids=case_id)
 def test_matches_torch(case, torch64):
