@@ -486,15 +486,6 @@ def test_load_state_dict_refuses_malformed_dicts():
 torch_cases = [c for c in CASES if c[0] in TORCH_HAS]
 
 
-@pytest.fixture
-def torch64():
-    torch = pytest.importorskip("torch")
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # torch's "step" and mu_product in float64
-    yield torch
-    torch.set_default_dtype(old)
-
-
 def _torch_setup(torch, name, kwargs, params):
     tparams = [torch.nn.Parameter(torch.tensor(p.copy())) for p in params]
     groups = [{"params": tparams[:2]}, {"params": tparams[2:], "lr": 0.003}]
