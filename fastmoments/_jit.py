@@ -15,6 +15,13 @@ signature this module writes, from one template each, the loops that call it:
   walks a table of addresses and sizes, so a step over 1000 arrays is one call;
 - ``cuda``:     ``@cuda.jit`` grid-stride kernel (built lazily, see ``_gpu``).
 
+Each kernel also has a *plain* variant (:attr:`Kernel.plain`): the same loops with the
+scalars of :data:`NEUTRAL` (gradient multiplier, clipping, weight decay, ...) fixed
+at the value that makes their term vanish, as compile-time constants, so that LLVM
+drops those operations. The class layer calls it when a step's scalars have exactly
+those values (the common case), which gives the same results bit for bit: ``x * 1``,
+``x > inf``, ``x + -0.0`` and a ``weight_decay`` branch fold exactly.
+
 The generated functions are compiled from source text attributed to this file so
 that numba's on-disk cache (``cache=True``) finds them again in a new process; their
 names carry a hash of the rule sources, so editing a rule invalidates the cache.
@@ -24,9 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 from functools import cached_property
+from operator import itemgetter
 
+import numpy as np
 from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -34,6 +44,19 @@ from numba.extending import intrinsic
 __all__ = ["rule", "Kernel"]
 
 _FASTMATH = False
+
+#: Scalars that a plain kernel fixes, and the value at which each one's term vanishes
+#: (the value a step must have for the plain kernel to be used).
+NEUTRAL = {
+    "grad_mult": 1.0,
+    "clip_value": math.inf,
+    "weight_decay": 0.0,
+    "eps_root": 0.0,
+}
+# The constants compiled into plain kernels: float32 values are exact in both dtypes;
+# eps_root is added (``v + eps_root``), and only ``x + -0.0`` folds to ``x`` exactly.
+_CONSTANTS = {name: np.float32(value) for name, value in NEUTRAL.items()}
+_CONSTANTS["eps_root"] = np.float32(-0.0)
 
 
 def rule(fn):
@@ -105,6 +128,7 @@ def {name}(param_addresses, grad_addresses, offsets{states}, scalars):
 
 _CUDA_TEMPLATE = """
 def {name}(param, grad{states}{scalars}):
+    {fixed}
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, param.shape[0], stride):
@@ -121,9 +145,11 @@ class Kernel:
         An ``@rule`` dispatcher.
     state_names
         The names of its state arguments (the flat buffers it reads and writes).
+    fixed
+        Scalars compiled in as their :data:`NEUTRAL` value (the plain variant).
     """
 
-    def __init__(self, rule_fn, state_names: tuple[str, ...]):
+    def __init__(self, rule_fn, state_names: tuple[str, ...], fixed: tuple[str, ...] = ()):
         self.rule = rule_fn
         self.name = rule_fn.py_func.__name__
         args = list(inspect.signature(rule_fn.py_func).parameters)
@@ -132,6 +158,8 @@ class Kernel:
             raise TypeError(f"rule {self.name} must take ({expected}, ...)")
         self.state_names = tuple(state_names)
         self.scalar_names = tuple(args[2 + len(state_names) :])
+        self.fixed = tuple(fixed)
+        self._tag = "_plain" if fixed else ""
 
     def _format(self, template: str, suffix: str, parallel: bool) -> str:
         # Every piece starts with ", " (or is empty), so rules without state need no
@@ -145,26 +173,51 @@ class Kernel:
         slices = "".join(f"{s}_j = {s}[start:start + n]; " for s in self.state_names)
         # CPU loops take the scalars as one array of the buffer dtype (one argument to
         # type-check per call instead of a dozen); they are unpacked before the loop.
-        unpack = "".join(f"{s} = scalars[{k}]; " for k, s in enumerate(self.scalar_names))
+        unpack = "".join(
+            f"{s} = fixed_{s}; " if s in self.fixed else f"{s} = scalars[{k}]; "
+            for k, s in enumerate(self.scalar_names)
+        )
+        fixed = "".join(f"{s} = fixed_{s}; " for s in self.fixed)
         return template.format(
-            name=f"{self.name}_{suffix}_{_SOURCE_HASH}",
+            name=f"{self.name}_{suffix}{self._tag}_{_SOURCE_HASH}",
             states=states,
             scalars=scalars,
             states_i=states_i,
             states_k=states_k,
             unpack=unpack or "pass",
             slices=slices or "pass",
+            fixed=fixed or "pass",
             range="prange" if parallel else "range",
         )
 
     def _build(self, template: str, suffix: str, parallel: bool, extra_globals: dict):
         source = self._format(template, suffix, parallel)
-        name = f"{self.name}_{suffix}_{_SOURCE_HASH}"
-        return build_generated(source, name, __file__, self.rule, extra_globals)
+        name = f"{self.name}_{suffix}{self._tag}_{_SOURCE_HASH}"
+        constants = {f"fixed_{s}": _CONSTANTS[s] for s in self.fixed}
+        return build_generated(source, name, __file__, self.rule, {**constants, **extra_globals})
 
     def _cpu(self, template: str, suffix: str, parallel: bool):
         fn = self._build(template, suffix, parallel, {})
         return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH)(fn)
+
+    @cached_property
+    def plain(self) -> Kernel | None:
+        """The variant with the :data:`NEUTRAL` scalars fixed (None if it has none)."""
+        fixed = tuple(s for s in self.scalar_names if s in NEUTRAL)
+        return Kernel(self.rule, self.state_names, fixed) if fixed else None
+
+    @cached_property
+    def is_neutral(self):
+        """``is_neutral(scalars)``: whether a step's scalars allow the plain variant."""
+        plain = self.plain
+        if plain is None:
+            return lambda scalars: False
+        index = [self.scalar_names.index(s) for s in plain.fixed]
+        values = tuple(NEUTRAL[s] for s in plain.fixed)
+        if len(index) == 1:
+            values = values[0]
+        getter = itemgetter(*index)
+        return lambda scalars: getter(scalars) == values
 
     @cached_property
     def serial(self):
@@ -190,4 +243,5 @@ class Kernel:
         return cuda.jit(fn)
 
     def __repr__(self) -> str:
-        return f"Kernel({self.name}, states={self.state_names}, scalars={self.scalar_names})"
+        fixed = f", fixed={self.fixed}" if self.fixed else ""
+        return f"Kernel({self.name}, states={self.state_names}, scalars={self.scalar_names}{fixed})"

@@ -26,7 +26,9 @@ def effective_grad(param, grad, grad_mult, clip_value, weight_decay):
         g = clip_value
     elif g < -clip_value:
         g = -clip_value
-    return g + weight_decay * param
+    if weight_decay:  # skipped when 0, as torch does (0 * inf would be nan)
+        g = g + weight_decay * param
+    return g
 
 
 @rule

@@ -8,6 +8,7 @@ import reference
 from cases import CASES, TORCH_HAS, case_id, problem
 
 import fastmoments as fm
+from fastmoments._jit import Kernel
 
 STEPS = 60
 
@@ -111,6 +112,31 @@ def test_parallel_kernels_identical(case, monkeypatch):
     for a, b, c in zip(serial, parallel, flat.params):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_plain_kernels_identical(case, monkeypatch):
+    """The plain variant (neutral scalars compiled in) gives the general kernel's bits."""
+    name, kwargs = case
+    params, grad = problem(steps=10)
+    chosen = []
+    general_is_neutral = Kernel.is_neutral
+
+    def recording(self):
+        check = general_is_neutral.func(self)
+        return lambda scalars: chosen.append(check(scalars)) or chosen[-1]
+
+    monkeypatch.setattr(Kernel, "is_neutral", property(recording))
+    plain = [p.copy() for p in params]
+    run_fm(name, kwargs, plain, grad, steps=10)
+    monkeypatch.setattr(Kernel, "is_neutral", property(lambda self: lambda scalars: False))
+    general = [p.copy() for p in params]
+    run_fm(name, kwargs, general, grad, steps=10)
+    for a, b in zip(plain, general):
+        np.testing.assert_array_equal(a, b)
+    # the rows without weight decay, clipping or maximize did use the plain kernel
+    if not any(kwargs.get(k) for k in ("weight_decay", "clip_value", "max_grad_norm", "maximize")):
+        assert chosen and all(chosen), chosen
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
