@@ -246,6 +246,14 @@ class Optimizer:
         """The rule's scalars after ``grad_mult, clip_value`` for step ``step`` (1-based)."""
         raise NotImplementedError
 
+    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+        """The memory traffic of one step over ``group`` (for the benchmarks):
+        ``(buffers read, buffers written, elements)`` per pass over its buffers.
+        An element-wise rule makes one pass: it reads the parameter, the gradient
+        and each state buffer, and writes the parameter and each state buffer."""
+        n_states = len(group.state)
+        return [(2 + n_states, 1 + n_states, group.numel)]
+
     # ------------------------------------------------------------------ state
     def _prepare(self, group: Group, fresh: bool) -> None:
         """(Re)build the kernel choice and state buffers for the group's hyperparameters."""

@@ -64,7 +64,8 @@ from numba import njit, prange
 __all__ = [
     "Case", "Timing", "add_arguments", "run", "main", "optimizer_classes", "rule_states",
     "require_cuda", "traffic", "ceiling_kernel", "cuda_ceiling_kernel", "fastmoments_case",
-    "ceiling_case", "torch_case", "numpy_case", "time_step", "time_steps", "first_step",
+    "ceiling_case", "ceiling_for", "multipass_ceiling_case", "pass_ceiling_kernel",
+    "torch_case", "numpy_case", "time_step", "time_steps", "first_step",
     "machine_info",
 ]
 
@@ -106,6 +107,51 @@ def rule_states(rule: str) -> int:
 def traffic(n_states: int) -> tuple[int, int]:
     """(reads, writes) per element of a rule with ``n_states`` state buffers."""
     return 2 + n_states, 1 + n_states
+
+
+def _traffic_label(passes: tuple[tuple[int, int, int], ...]) -> str:
+    return "+".join(f"{r}r/{w}w" for r, w, _ in passes)
+
+
+_PASS_CEILING_SOURCE = """
+def ceiling(n, a0{args}):
+    total = 0.0
+    for i in {range}(n):
+        {body}
+    return total
+"""
+_PASS_CEILINGS: dict[tuple[int, int, bool], Any] = {}
+
+
+def pass_ceiling_kernel(reads: int, writes: int, parallel: bool) -> Callable[..., Any]:
+    """A CPU ceiling kernel for one pass of a multi-pass rule: ``f(n, a0, a1, ...)``.
+
+    It loads ``a0 .. a{reads-1}[:n]`` and stores ``a0 .. a{writes-1}[:n]`` (the
+    first ``writes`` of them): the stored ones get the sum of the others added (or,
+    when every array is stored, their sign flipped); a pass that stores nothing sums
+    what it reads (with reassociation allowed, so that the sum vectorizes).
+    """
+    if not 0 <= writes <= reads or reads < 1:
+        raise ValueError(f"no ceiling kernel for {reads} reads and {writes} writes")
+    key = (reads, writes, parallel)
+    if key not in _PASS_CEILINGS:
+        loads = [f"a{k}[i]" for k in range(writes, reads)]
+        if writes == 0:
+            body = "total += " + " + ".join(loads)
+        elif loads:
+            body = f"x = {' + '.join(loads)}; " + "; ".join(
+                f"a{k}[i] += x" for k in range(writes))
+        else:
+            body = "; ".join(f"a{k}[i] = -a{k}[i]" for k in range(writes))
+        source = _PASS_CEILING_SOURCE.format(
+            args="".join(f", a{k}" for k in range(1, reads)),
+            range="prange" if parallel else "range", body=body,
+        )
+        namespace: dict[str, Any] = {"prange": prange}
+        exec(compile(source, f"<fastmoments.bench pass ceiling {key}>", "exec"), namespace)
+        _PASS_CEILINGS[key] = njit(error_model="numpy", parallel=parallel,
+                                   fastmath=writes == 0)(namespace["ceiling"])
+    return _PASS_CEILINGS[key]
 
 
 # -------------------------------------------------------- ceiling kernels
@@ -246,9 +292,10 @@ class Case:
         Waits for the device (no-op on the CPU).
     keep
         Objects that must stay alive while ``step`` is used.
-    single_pass
-        False for rules that need more than one pass over the buffers (per-tensor
-        reductions, e.g. LAMB): their traffic is more than the ceiling's.
+    passes
+        ``(buffers read, buffers written, elements)`` of each pass of a step over the
+        buffers; None: one pass with the traffic of ``n_states`` over ``numel``.
+        Rules with per-tensor reductions (LAMB, ND-Adam on matrices) make several.
     """
 
     step: Callable[[], Any]
@@ -258,12 +305,22 @@ class Case:
     arrays: int = 1
     sync: Callable[[], Any] = _noop
     keep: tuple = field(default=(), repr=False)
-    single_pass: bool = True
+    passes: tuple[tuple[int, int, int], ...] | None = None
+
+    @property
+    def traffic_passes(self) -> tuple[tuple[int, int, int], ...]:
+        """``passes``, or the single pass of ``n_states`` over ``numel``."""
+        if self.passes is None:
+            return ((*traffic(self.n_states), self.numel),)
+        return self.passes
+
+    @property
+    def single_pass(self) -> bool:
+        return len(self.traffic_passes) == 1
 
     @property
     def bytes_per_step(self) -> int:
-        reads, writes = traffic(self.n_states)
-        return (reads + writes) * self.itemsize * self.numel
+        return sum((r + w) * k for r, w, k in self.traffic_passes) * self.itemsize
 
 
 def _chunk_sizes(n: int, chunk: int) -> list[int]:
@@ -358,12 +415,53 @@ def fastmoments_case(rule: str, n: int, dtype: Any = np.float32, path: str = "fl
         keep = (params, grads)
     else:
         raise ValueError(f"path: expected 'flat' or 'list', got {path!r}")
-    from fastmoments._base import Optimizer
-
     n_states = _state_count(opt)
-    single_pass = type(opt)._run is Optimizer._run
+    passes = tuple(opt._passes(opt._groups[0]))
     return Case(step, n_states, n, np.dtype(dtype).itemsize, len(sizes), sync, (opt, *keep),
-                single_pass)
+                passes)
+
+
+def ceiling_for(case: Case, backend: str = "cpu", seed: int = 0) -> Case:
+    """The ceiling of ``case``'s traffic: its passes' reads and writes, no math.
+
+    Multi-pass traffic has a CPU ceiling only; on CUDA such a case gets the
+    single-pass ceiling of its state buffers (and is marked as multi-pass).
+    """
+    dtype = np.dtype(f"f{case.itemsize}")
+    (reads, writes, count), *more = case.traffic_passes
+    if not more and writes == reads - 1 and count == case.numel:  # param, grad and states
+        return ceiling_case(reads - 2, case.numel, dtype, backend, seed)
+    if backend != "cpu":
+        return ceiling_case(case.n_states, case.numel, dtype, backend, seed)
+    return multipass_ceiling_case(case.traffic_passes, case.numel, dtype, seed)
+
+
+def multipass_ceiling_case(passes: Sequence[tuple[int, int, int]], n: int,
+                           dtype: Any = np.float32, seed: int = 0) -> Case:
+    """The CPU ceiling of a multi-pass step: one :func:`pass_ceiling_kernel` per pass.
+
+    ``passes``: ``(reads, writes, elements)`` each; the passes run one after the other
+    over the first ``elements`` of the same buffers (as the rule's passes do).
+    """
+    from fastmoments import config
+
+    passes = tuple((int(r), int(w), int(k)) for r, w, k in passes)
+    param, grad = _host_data(n, dtype, seed)
+    arrays = [param, grad] + [np.zeros(n, dtype=dtype)
+                              for _ in range(max(r for r, _, _ in passes) - 2)]
+    calls = []
+    for reads, writes, count in passes:
+        kernel = pass_ceiling_kernel(reads, writes, count >= config.parallel_threshold)
+        # the stored buffers first: param and the states, then the gradient
+        order = [arrays[0], *arrays[2:], arrays[1]][:reads] if writes < reads else arrays[:reads]
+        calls.append((kernel, count, tuple(order)))
+
+    def step() -> None:
+        for kernel, count, order in calls:
+            kernel(count, *order)
+
+    return Case(step, len(arrays) - 2, n, np.dtype(dtype).itemsize, 1, _noop, (arrays,),
+                passes)
 
 
 def ceiling_case(n_states: int, n: int, dtype: Any = np.float32, backend: str = "cpu",
@@ -815,11 +913,10 @@ class _Runner:
 
     def _row(self, scenario: str, impl: str, rule: str | None, path: str, size: int,
              dtype: str, threads: int | None, case: Case, timing: Timing) -> dict[str, Any]:
-        reads, writes = traffic(case.n_states)
         return {
             "scenario": scenario, "impl": impl, "rule": rule, "path": path,
             "arrays": case.arrays, "size": size, "dtype": dtype, "threads": threads,
-            "backend": self.args.backend, "traffic": f"{reads}r/{writes}w",
+            "backend": self.args.backend, "traffic": _traffic_label(case.traffic_passes),
             "bytes_per_step": case.bytes_per_step, "time_min_s": timing.min,
             "time_median_s": timing.median, "repeats": timing.repeats,
             "gbps": case.bytes_per_step / timing.min / 1e9, "single_pass": case.single_pass,
@@ -834,9 +931,9 @@ class _Runner:
         except NotImplementedError as exc:
             self.notes.append(f"skipped: {exc}")
             return
-        ceiling = ceiling_case(case.n_states, size, dtype, self.args.backend)
+        ceiling = ceiling_for(case, self.args.backend)
         mine, best = time_steps([case, ceiling], self.args.budget)
-        key = (case.n_states, size, dtype, threads)
+        key = (ceiling.traffic_passes, size, dtype, threads)
         self._record_ceiling(key, scenario, ceiling, best)
         row = self._row(scenario, impl, rule, path, size, dtype, threads, case, mine)
         # the fraction of the ceiling timed alongside (same cache and machine state)
@@ -847,7 +944,7 @@ class _Runner:
 
     def _record_ceiling(self, key: tuple, scenario: str, case: Case, timing: Timing) -> None:
         # the ceiling of a traffic/size/dtype/threads: the best of all its measurements
-        n_states, size, dtype, threads = key
+        _, size, dtype, threads = key
         row = self.ceilings.get(key)
         if row is None:
             row = self._row(scenario, "ceiling", None, "flat", size, dtype, threads, case, timing)
@@ -944,7 +1041,7 @@ class _Runner:
                 inner()
 
             return Case(step, case.n_states, case.numel, case.itemsize, case.arrays, case.sync,
-                        case.keep)
+                        case.keep, case.passes)
 
         try:
             serial = forced(fastmoments_case(rule, size, dtype, path, self.args.chunk), 2**62)
@@ -1127,8 +1224,8 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
     if runner.rows:
         out += [_format_table(runner.rows)]
         if not all(r.get("single_pass", True) for r in runner.rows):
-            out.append("* more than one pass over the buffers (per-tensor reductions): "
-                       "more traffic than the single-pass ceiling counts")
+            out.append("* more than one pass over the buffers (per-tensor reductions); the "
+                       "traffic column lists the passes, and the ceiling makes the same passes")
         out.append("")
     if runner.crossover_rows:
         lines = [[r["rule"], r["path"], r["dtype"], str(r["threads"]), _fmt_size(r["size"]),

@@ -277,6 +277,10 @@ class LAMB(_MultiPass):
         return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta1**step),
                 1.0 / (1.0 - beta2**step), hyper["eps"], hyper["weight_decay"], lr)
 
+    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+        # moments: read p, g, m, v, write m, v; apply: read p, m, v, write p
+        return [(4, 2, group.numel), (3, 1, group.numel)]
+
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps,
          weight_decay, lr) = scalars
@@ -410,6 +414,16 @@ class NDAdam(_MultiPass):
         beta1, beta2 = hyper["betas"]
         return (1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
                 1.0 / (1.0 - beta2**step), hyper["eps"])
+
+    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+        vectors, adam = self._tables(group)
+        out = []
+        if adam.num_chunks:  # Adam: read p, g, m, v, write p, m, v
+            out.append((4, 3, int(adam.chunks[:, 3].sum())))
+        if vectors.num_chunks:  # radial, moments, step, renormalization
+            n = int(vectors.chunks[:, 3].sum())
+            out += [(2, 0, n), (3, 1, n), (3, 2, n), (1, 1, n)]
+        return out
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bc2, eps = (
@@ -567,6 +581,12 @@ class SWATS(_MultiPass):
                     (1.0 - beta1) * host["sgd_lr"] * ratio)
         return (wd, 1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
                 1.0 / (1.0 - beta2**step), hyper["eps"], lr)
+
+    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+        # one pass: Adam phase read p, g, m, v, write p, m, v; SGD phase p, g, buffer
+        if group.host_state["switched"]:
+            return [(3, 2, group.numel)]
+        return [(4, 3, group.numel)]
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         segments = _whole(self, group)

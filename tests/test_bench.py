@@ -48,6 +48,53 @@ def test_ceiling_kernel_reads_and_writes_every_buffer(n_states, n):
     assert case.bytes_per_step == (3 + 2 * n_states) * 8 * n
 
 
+@pytest.mark.parametrize("reads, writes", [(2, 0), (3, 1), (4, 2), (1, 1), (3, 3)])
+@pytest.mark.parametrize("n", [17, 70_000])
+def test_pass_ceiling_reads_and_writes_its_buffers(reads, writes, n):
+    kernel = bench.pass_ceiling_kernel(reads, writes, n >= 65536)
+    arrays = [np.random.default_rng(k).random(n + 3) for k in range(reads)]
+    before = [a.copy() for a in arrays]
+    total = kernel(n, *arrays)
+    others = sum(before[writes:]) if writes < reads else None
+    for k, (a, b) in enumerate(zip(arrays, before)):
+        np.testing.assert_array_equal(a[n:], b[n:])  # only the first n elements
+        if k >= writes:
+            np.testing.assert_array_equal(a, b)  # read only
+        elif others is None:
+            np.testing.assert_array_equal(a[:n], -b[:n])
+        else:
+            np.testing.assert_allclose(a[:n], b[:n] + others[:n], rtol=1e-15)
+    if writes == 0:
+        assert total == pytest.approx(others[:n].sum(), rel=1e-12)
+
+
+def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
+    n = 3000
+    lamb = bench.fastmoments_case("LAMB", n, np.float32, "flat")
+    assert lamb.traffic_passes == ((4, 2, n), (3, 1, n)) and not lamb.single_pass
+    assert lamb.bytes_per_step == 10 * 4 * n
+    ceiling = bench.ceiling_for(lamb)
+    assert ceiling.traffic_passes == lamb.traffic_passes
+    assert ceiling.bytes_per_step == lamb.bytes_per_step
+    ceiling.step()
+    # ND-Adam on 1-D parameters is Adam: one pass, the single-pass ceiling
+    nd = bench.fastmoments_case("NDAdam", n, np.float32, "flat")
+    assert nd.traffic_passes == ((4, 3, n),) and nd.single_pass
+    assert bench.ceiling_for(nd).n_states == 2
+    swats = bench.fastmoments_case("SWATS", n, np.float32, "flat")
+    assert swats.traffic_passes == ((4, 3, n),)
+    assert bench.ceiling_for(swats).n_states == 2
+
+
+def test_ndadam_passes_on_matrices():
+    import fastmoments as fm
+
+    flat = fm.FlatParams([np.ones((30, 40), np.float32), np.ones(7, np.float32)])
+    opt = fm.NDAdam(flat)
+    assert opt._passes(opt._groups[0]) == [
+        (4, 3, 7), (2, 0, 1200), (3, 1, 1200), (3, 2, 1200), (1, 1, 1200)]
+
+
 def test_numpy_adam_follows_fastmoments_adam():
     # the comparison row computes the same thing as the rule it is compared with
     fm_case = bench.fastmoments_case("AdamW", 3000, np.float64, "flat")
@@ -83,6 +130,7 @@ def test_json_results(capsys):
         reads, writes = (int(x[:-1]) for x in r["traffic"].split("/"))
         itemsize = 4 if r["dtype"] == "float32" else 8
         assert r["bytes_per_step"] == (reads + writes) * itemsize * r["size"]
+        assert r["single_pass"]
         assert r["threads"] == 1 and r["backend"] == "cpu"
         if r["impl"] != "ceiling":
             assert _positive(r["fraction"]) and _positive(r["ceiling_gbps"])

@@ -61,7 +61,7 @@ def gbps(case: bench.Case) -> float:
 
 def fraction_of_ceiling(case: bench.Case, size: int, dtype: str, backend: str) -> float:
     """GB/s of ``case`` over GB/s of the ceiling of the same traffic, timed interleaved."""
-    ceiling = bench.ceiling_case(case.n_states, size, dtype, backend)
+    ceiling = bench.ceiling_for(case, backend)
     mine, best = bench.time_steps([case, ceiling], TRACK_BUDGET)
     return best.min / mine.min  # same bytes per step: the ratio of the times
 
