@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastmoments import bench
 
-from .common import BACKENDS, DTYPES, SIZES, gbps, run_once, skip_combination
+from .common import BACKENDS, DTYPES, SIZES, _Steps, run_once, skip_combination
 
 
-class Ceiling:
+class Ceiling(_Steps):
     """``p += g`` and ``s += g`` for each of ``states`` buffers: (2+S) reads, (1+S) writes.
 
     Serial below ``fastmoments.config.parallel_threshold``, parallel from it on.
@@ -21,15 +21,3 @@ class Ceiling:
         skip_combination(size, dtype, "flat", backend)
         self.case = bench.ceiling_case(states, size, dtype, backend)
         run_once(self.case)
-
-    def teardown(self, *params) -> None:
-        self.case = None
-
-    def time_step(self, *params) -> None:
-        self.case.step()
-        self.case.sync()
-
-    def track_gbps(self, *params) -> float:
-        return gbps(self.case)
-
-    track_gbps.unit = "GB/s"

@@ -16,8 +16,7 @@ from .common import (
     PATHS,
     RULES,
     SIZES,
-    fraction_of_ceiling,
-    gbps,
+    _StepsWithCeiling,
     run_once,
     skip_combination,
 )
@@ -42,7 +41,7 @@ def _build(impl: str, rule: str, size: int, dtype: str, path: str, backend: str)
     return bench.torch_case(rule, impl.removeprefix("torch-"), size, dtype, path, CHUNK, backend)
 
 
-class Compare:
+class Compare(_StepsWithCeiling):
     """One optimizer step of another implementation of the same rule.
 
     A smaller grid than :class:`~benchmarks.bench_rules.RuleStep` (rules torch has,
@@ -60,20 +59,3 @@ class Compare:
             raise NotImplementedError(f"no NumPy implementation of {rule}")
         self.case = _build(impl, rule, size, dtype, path, backend)
         run_once(self.case)
-
-    def teardown(self, *params) -> None:
-        self.case = None
-
-    def time_step(self, *params) -> None:
-        self.case.step()
-        self.case.sync()
-
-    def track_gbps(self, *params) -> float:
-        return gbps(self.case)
-
-    track_gbps.unit = "GB/s"
-
-    def track_fraction_of_ceiling(self, impl, rule, size, dtype, path, backend) -> float:
-        return fraction_of_ceiling(self.case, size, dtype, backend)
-
-    track_fraction_of_ceiling.unit = "fraction"

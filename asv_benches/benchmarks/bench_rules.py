@@ -11,14 +11,13 @@ from .common import (
     PATHS,
     RULES,
     SIZES,
-    fraction_of_ceiling,
-    gbps,
+    _StepsWithCeiling,
     run_once,
     skip_combination,
 )
 
 
-class RuleStep:
+class RuleStep(_StepsWithCeiling):
     """One optimizer step of a fastmoments rule (list of arrays, or a FlatParams)."""
 
     params = [RULES, SIZES, DTYPES, PATHS, BACKENDS]
@@ -30,26 +29,9 @@ class RuleStep:
         self.case = bench.fastmoments_case(rule, size, dtype, path, CHUNK, backend)
         run_once(self.case)  # compilation (or the on-disk cache) happens here
 
-    def teardown(self, *params) -> None:
-        self.case = None
-
-    def time_step(self, *params) -> None:
-        self.case.step()
-        self.case.sync()
-
     def peakmem_step(self, *params) -> None:
         self.case.step()
         self.case.sync()
-
-    def track_gbps(self, *params) -> float:
-        return gbps(self.case)
-
-    track_gbps.unit = "GB/s"
-
-    def track_fraction_of_ceiling(self, rule, size, dtype, path, backend) -> float:
-        return fraction_of_ceiling(self.case, size, dtype, backend)
-
-    track_fraction_of_ceiling.unit = "fraction"
 
 
 class FirstStep:

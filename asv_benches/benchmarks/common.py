@@ -59,7 +59,7 @@ def gbps(case: bench.Case) -> float:
     return case.bytes_per_step / timing.min / 1e9
 
 
-def fraction_of_ceiling(case: bench.Case, size: int, dtype: str, backend: str) -> float:
+def fraction_of_ceiling(case: bench.Case, backend: str) -> float:
     """GB/s of ``case`` over GB/s of the ceiling of the same traffic, timed interleaved."""
     ceiling = bench.ceiling_for(case, backend)
     mine, best = bench.time_steps([case, ceiling], TRACK_BUDGET)
@@ -70,3 +70,31 @@ def run_once(case: bench.Case) -> None:
     """One (synchronized) step: compiles, or loads from numba's on-disk cache."""
     case.step()
     case.sync()
+
+
+class _Steps:
+    """The measurements of a benchmark whose ``setup`` builds ``self.case``.
+
+    (A leading underscore: asv does not collect this class itself.)
+    """
+
+    def teardown(self, *params) -> None:
+        self.case = None
+
+    def time_step(self, *params) -> None:
+        self.case.step()
+        self.case.sync()
+
+    def track_gbps(self, *params) -> float:
+        return gbps(self.case)
+
+    track_gbps.unit = "GB/s"
+
+
+class _StepsWithCeiling(_Steps):
+    """:class:`_Steps` and the fraction of the ceiling (``backend`` is the last param)."""
+
+    def track_fraction_of_ceiling(self, *params) -> float:
+        return fraction_of_ceiling(self.case, params[-1])
+
+    track_fraction_of_ceiling.unit = "fraction"
