@@ -50,7 +50,7 @@ class Group:
     __slots__ = (
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
-        "scalars", "states", "pack", "scalar_bytes",
+        "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -100,6 +100,14 @@ class Group:
         else:
             self.param_addresses = None
         self.grad_addresses = np.zeros(len(params), dtype=np.int64)
+        # the list path: the gradient arrays whose addresses ``grad_addresses`` holds.
+        # A gradient that is the same object as last step keeps its address, so its
+        # lookup and table write are skipped. Holding the reference also keeps that
+        # address valid: NumPy refuses to resize (reallocate) an array referenced here.
+        self.grad_objects: list[Any] = [None] * len(params)
+        # per CPU loop: (source, data, callee, overload, arguments) of its last call;
+        # see _run and _callee
+        self.calls: dict[Any, tuple] = {}
         self.state: dict[str, Any] = {}
         self.states: tuple = ()
         self.host_state: dict[str, float] = {}
@@ -275,6 +283,7 @@ class Optimizer:
         code = "f" if group.dtype == np.float32 else "d"
         group.pack = struct.Struct(f"{len(kernel.scalar_names)}{code}").pack_into
         group.scalar_bytes = memoryview(group.scalars).cast("B")
+        group.calls = {}  # new state buffers / scalars array: rebuild the cached calls
         if fresh:
             group.host_state = self._initial_host_state(group.hyper)
         group.hyper.dirty = False
@@ -351,7 +360,10 @@ class Optimizer:
             _is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0
         ):
             raise ValueError(f"grad_scale: expected a finite number > 0, got {grad_scale!r}")
-        sources = self._collect(grads)
+        if grads is None and self._flat_grads is not None:  # FlatParams' own buffers
+            sources = self._flat_grads
+        else:
+            sources = self._collect(grads)
         for group in self._groups:
             if group.hyper.dirty:
                 self._revalidate()
@@ -434,6 +446,7 @@ class Optimizer:
             # group's scratch table, which the multi-array loop reads.
             dtype = group.dtype
             addresses = group.grad_addresses
+            objects = group.grad_objects
             address_of = _cpu.address_of
             j = 0
             for g, p in zip(mine, group.params):
@@ -444,7 +457,9 @@ class Optimizer:
                     or g.strides != p.strides
                 ):
                     g = self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
-                addresses[j] = address_of(g)
+                if g is not objects[j]:  # a new array: record its address
+                    addresses[j] = address_of(g)
+                    objects[j] = g
                 j += 1
             sources.append(None)
         return sources
@@ -564,10 +579,22 @@ class Optimizer:
         big = group.numel >= config.parallel_threshold
         if source is None:
             loop = kernel.multi_parallel if big and len(group.params) > 1 else kernel.multi_serial
-            loop(group.param_addresses, group.grad_addresses, group.offsets, *group.states, args)
+            data = None
         else:
             loop = kernel.parallel if big else kernel.serial
-            loop(group.flat.data, source, *group.states, args)
+            data = group.flat.data
+        call = group.calls.get(loop)
+        if call is not None and call[0] is source and call[1] is data:
+            call[2](*call[4])  # the same loop on the same arrays as last time
+            return
+        if source is None:
+            arguments = (group.param_addresses, group.grad_addresses, group.offsets,
+                         *group.states, args)
+        else:
+            arguments = (data, source, *group.states, args)
+        loop(*arguments)
+        group.calls[loop] = (source, data, *_callee(kernel, group, loop, source, arguments),
+                             arguments)
 
     def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
         from . import _gpu
@@ -769,6 +796,31 @@ def _as_group_dicts(params: Any, owner: str) -> list[dict[str, Any]]:
     if any(isinstance(x, dict) for x in items):
         raise TypeError(f"{owner}: params mixes param-group dicts and arrays")
     return [{"params": items}]
+
+
+def _callee(kernel: Kernel, group: Group, loop: Any, source: Any,
+            arguments: tuple) -> tuple[Any, Any]:
+    """What ``_run`` calls for ``loop`` on ``arguments`` next time: the compiled overload.
+
+    Returns ``(callee, overload)``; the overload (numba's compile result, None for the
+    dispatcher) is only held so that its machine code lives as long as the entry point.
+
+    numba's dispatcher types every argument on every call (about 0.07 us per array);
+    the overload's entry point skips that but trusts its arguments' types blindly.
+    It is used only for serial loops on arrays this optimizer owns and never swaps
+    (state buffers, scalars, address tables, and FlatParams' ``data`` and ``grad``,
+    whose identity ``_run`` checks each call), right after the dispatcher ran on the
+    very same objects; anything else, or any surprise from numba, keeps the dispatcher.
+    """
+    if loop is not kernel.serial and loop is not kernel.multi_serial:
+        return loop, None  # parallel loops: the dispatch is noise beside the threads' start
+    if source is not None and (group.flat is None or source is not group.flat.grad):
+        return loop, None  # a flat gradient array given to step(): not ours
+    try:
+        overload = loop.overloads[tuple(loop.typeof_pyval(a) for a in arguments)]
+        return overload.entry_point, overload
+    except Exception:  # pragma: no cover - another numba, or jit disabled
+        return loop, None
 
 
 def _check_lr(lr: Any, owner: str) -> None:

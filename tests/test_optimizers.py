@@ -252,3 +252,51 @@ def test_float32_scalar_beyond_float32_range_becomes_inf():
     with np.errstate(over="ignore"):
         fm.SGD(p, lr=1e39).step([np.ones(2, dtype=np.float32)])
     np.testing.assert_array_equal(p[0], np.full(2, -np.inf, dtype=np.float32))
+
+
+@pytest.mark.parametrize("path", ["flat", "list"])
+def test_cached_kernel_calls_follow_every_change(path, monkeypatch):
+    """step() reuses the compiled loop's entry point for the same arrays; a change of
+    gradient array, kernel variant, threshold, hyperparameter or state is followed."""
+    from fastmoments import _base
+
+    rng = np.random.default_rng(3)
+    shapes = [(4, 5), (7,)]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(4)]
+
+    def run(use_cache: bool) -> list[np.ndarray]:
+        if not use_cache:
+            monkeypatch.setattr(_base, "_callee", lambda kernel, group, loop, src, args: (
+                loop, None))
+        params = [np.ones(s, np.float32) for s in shapes]
+        target = fm.FlatParams(params) if path == "flat" else params
+        opt = fm.Adam(target, lr=0.01)
+        other = fm.Adam([np.ones(s, np.float32) for s in shapes], lr=0.01)
+        for t in range(12):
+            g = grads[t % 4] if t % 3 else grads[0]  # same arrays again, then others
+            if path == "flat":
+                if t % 2:
+                    target.grad[:] = np.concatenate([x.ravel() for x in g])
+                    opt.step(grad_scale=2.0 if t % 4 == 1 else 1.0)
+                else:
+                    opt.step(np.concatenate([x.ravel() for x in g]))
+            else:
+                opt.step(g, grad_scale=2.0 if t % 4 == 1 else 1.0)
+            if t == 5:
+                opt.param_groups[0]["lr"] = 0.05
+                other.load_state_dict(opt.state_dict())
+                opt.load_state_dict(other.state_dict())
+            if t == 8:
+                monkeypatch.setattr(fm.config, "parallel_threshold", 1)
+        monkeypatch.setattr(fm.config, "parallel_threshold", 65536)
+        opt.step(grads[1] if path == "list" else None)  # serial again: an entry point
+        direct = [c[3] is not None for c in opt._groups[0].calls.values()]
+        assert any(direct) == use_cache, direct
+        return [p.copy() for p in (target.params if path == "flat" else target)] + [
+            s.copy() for s in opt._groups[0].states]
+
+    cached = run(True)
+    plain = run(False)
+    for a, b in zip(cached, plain):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(cached[0], np.ones_like(cached[0]))
