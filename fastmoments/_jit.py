@@ -198,7 +198,12 @@ class Kernel:
 
     def _cpu(self, template: str, suffix: str, parallel: bool):
         fn = self._build(template, suffix, parallel, {})
-        return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH)(fn)
+        # no_cfunc_wrapper: the loops are only called from Python, never passed as a
+        # first-class function to other jitted code, so the C-callable wrapper numba
+        # builds by default is dead code; skipping it trims a cold first step (same
+        # kernel code, so the same results).
+        return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH,
+                    no_cfunc_wrapper=True)(fn)
 
     @cached_property
     def plain(self) -> Kernel | None:

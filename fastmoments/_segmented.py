@@ -283,7 +283,7 @@ class SegmentedKernel:
                                       **self._pieces())
         fn = self._build(source, name, {})
         return njit(cache=True, error_model="numpy", parallel=parallel,
-                    fastmath=_FASTMATH)(fn)
+                    fastmath=_FASTMATH, no_cfunc_wrapper=True)(fn)  # as in _jit.Kernel._cpu
 
     @cached_property
     def serial(self):
