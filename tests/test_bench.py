@@ -1,5 +1,6 @@
 """Smoke tests of ``fastmoments bench``: structure and sanity of the results, never speed."""
 
+import importlib.util
 import json
 import math
 import os
@@ -167,6 +168,17 @@ def test_crossover_and_first_step(capsys):
     (first,) = doc["first_step"]
     for key in ("import_s", "cold_first_step_s", "cached_first_step_s", "second_step_s"):
         assert _positive(first[key])
+    if importlib.util.find_spec("scipy") is not None:  # also measured without it
+        assert _positive(first["cold_no_scipy_s"]) and _positive(first["cached_no_scipy_s"])
+
+
+def test_first_step_child_can_hide_a_package(tmp_path):
+    hidden = bench.first_step("SGD", 100, cache_dir=str(tmp_path), hide=("scipy",))
+    assert hidden["scipy_loaded"] is False and _positive(hidden["first_step_s"])
+    if importlib.util.find_spec("scipy") is not None:
+        # numba imports it, when installed, on the first compilation of a process
+        shown = bench.first_step("SGD", 100, cache_dir=str(tmp_path))
+        assert shown["scipy_loaded"] is True
 
 
 def test_plot(capsys, tmp_path):
