@@ -33,7 +33,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit
 
 from . import _cpu
 from ._backend import config
@@ -95,6 +95,17 @@ class Segments:
         self._one_to_one = one_to_one
         self._device: Any = None
 
+    def per_group(self, parallel: bool) -> int:
+        """Chunks per iteration of the CPU loops' outer (``prange``) loop.
+
+        Each iteration allocates the scratch of the partial sums once for its chunks;
+        a parallel loop gets about 8 iterations per thread. The grouping does not
+        change the results (every chunk is summed on its own).
+        """
+        if not parallel:
+            return max(self.num_chunks, 1)
+        return max(-(-self.num_chunks // (8 * get_num_threads())), 1)
+
     @property
     def num_chunks(self) -> int:
         return int(self.chunks.shape[0])
@@ -144,26 +155,78 @@ def whole_tensors(params: Sequence[Any]) -> list[tuple[int, int, int]]:
 # ------------------------------------------------------------- generation
 _CPU_TEMPLATE = """
 def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
-           scalars):
+           scalars, per_group):
     {unpack}
-    for c in {range}(chunks.shape[0]):
-        j = chunks[c, 0]
-        seg = chunks[c, 1]
-        first = chunks[c, 2]
-        count = chunks[c, 3]
-        stride = chunks[c, 4]
-        base = offsets[j]
-        n = offsets[j + 1] - base
-        param = carray(void_pointer(param_addresses[j]), n, scalars.dtype)
-        grad = carray(void_pointer(grad_addresses[j]), n, scalars.dtype)
-        {segment_unpack}
-        {acc_init}
-        for k in range(count):
-            i = first + k * stride
-            {targets_cpu} = rule(param[i], grad[i]{states_cpu}{segment_args}{scalar_args})
-            {acc_update}
-        {acc_store}
+    num_chunks = chunks.shape[0]
+    for group in {range}((num_chunks + per_group - 1) // per_group):
+        {scratch}
+        for c in range(group * per_group, min(num_chunks, (group + 1) * per_group)):
+            j = chunks[c, 0]
+            seg = chunks[c, 1]
+            first = chunks[c, 2]
+            count = chunks[c, 3]
+            stride = chunks[c, 4]
+            base = offsets[j]
+            n = offsets[j + 1] - base
+            param = carray(void_pointer(param_addresses[j]), n, scalars.dtype)
+            grad = carray(void_pointer(grad_addresses[j]), n, scalars.dtype)
+            {segment_unpack}
+            if stride == 1:
+{contiguous}
+            else:
+                {acc_init}
+                for k in range(count):
+                    i = first + k * stride
+                    {targets_cpu} = rule(param[i], grad[i]{states_cpu}{segment_args}{scalar_args})
+                    {acc_update}
+            {acc_store}
 """
+
+# The contiguous (stride 1) loop of a rule that returns no terms: unit-stride views,
+# so that LLVM vectorizes it like the element-wise loops of ``_jit``.
+_CPU_CONTIGUOUS = """
+                param_c = param[first:first + count]
+                grad_c = grad[first:first + count]
+                {slices}
+                for k in range(count):
+                    {targets_c} = {call_c}
+"""
+
+# The contiguous loop of a rule with terms. One serial chain of float64 adds cannot be
+# vectorized without fastmath (and numba leaves LLVM's SLP vectorizer off), so every
+# term has LANES partial sums: element k of the chunk is added to lane k % LANES. The
+# chunk is walked in blocks of LANES elements: a loop that applies the rule and keeps
+# the terms of the block (in the buffer dtype), then a loop that adds them to the
+# lanes. Neither has a carried dependency, so LLVM's loop vectorizer turns both into
+# vector code (the rule's math at the full vector width of the buffer dtype). The
+# lanes are added in a fixed order at the end of the chunk: the sums depend neither
+# on the thread count nor on how the chunks are grouped.
+_CPU_LANES = """
+                param_c = param[first:first + count]
+                grad_c = grad[first:first + count]
+                {slices}
+                {lanes_zero}
+                blocks = count // {lanes}
+                for block in range(blocks):
+                    start = block * {lanes}
+                    for lane in range({lanes}):
+                        k = start + lane
+                        {targets_lane} = {call_c}
+                    for lane in range({lanes}):
+                        {lanes_update}
+                start = blocks * {lanes}
+                for lane in range(count - start):  # the last, partial block
+                    k = start + lane
+                    {targets_c} = {call_c}
+                    {tail_update}
+                {acc_init}
+                for lane in range({lanes}):
+                    {lanes_combine}
+"""
+
+#: partial sums per term in the contiguous CPU loop (a multiple of the vector width)
+LANES = 64
+
 
 _CUDA_TEMPLATE = """
 def {name}(param, grad{states}, chunks, first_column, segment_values, sums{scalar_params}):
@@ -245,6 +308,7 @@ class SegmentedKernel:
     def _pieces(self) -> dict[str, str]:
         states = "".join(f", {s}" for s in self.state_names)
         scalar_args = "".join(f", {s}" for s in self.scalar_names)
+        segment_args = "".join(f", {s}" for s in self.segment_names)
 
         def targets(index_state: str, index_param: str) -> str:
             out = [f"param[{index_param}]" if "param" in self.writes else "_param"]
@@ -259,10 +323,16 @@ class SegmentedKernel:
             scalar_args=scalar_args,
             scalar_params=scalar_args,
             states_cpu="".join(f", {s}[base + i]" for s in self.state_names),
+            call_c="rule(param_c[k], grad_c[k]"
+                   + "".join(f", {s}_c[k]" for s in self.state_names)
+                   + segment_args + scalar_args + ")",
+            targets_c=self._targets_c("k", "term{k}"),
+            slices="; ".join(f"{s}_c = {s}[base + first:base + first + count]"
+                             for s in self.state_names) or "pass",
             states_cuda="".join(f", {s}[i]" for s in self.state_names),
             targets_cpu=targets("base + i", "i"),
             targets_cuda=targets("i", "i"),
-            segment_args="".join(f", {s}" for s in self.segment_names),
+            segment_args=segment_args,
             segment_unpack="; ".join(
                 f"{s} = segment_values[seg, {k}]" for k, s in enumerate(self.segment_names)
             ) or "pass",
@@ -276,12 +346,40 @@ class SegmentedKernel:
     def _build(self, source: str, name: str, extra_globals: dict):
         return build_generated(source, name, __file__, self.rule, extra_globals)
 
+    def _contiguous(self, pieces: dict[str, str]) -> str:
+        if not self.num_terms:
+            return _CPU_CONTIGUOUS.format(**pieces)
+        terms = range(self.num_terms)
+        return _CPU_LANES.format(
+            lanes=LANES,
+            lanes_zero="; ".join(f"lanes{k}[:] = 0.0" for k in terms),
+            targets_lane=self._targets_c("k", "terms{k}[lane]"),
+            lanes_update="; ".join(f"lanes{k}[lane] += terms{k}[lane]" for k in terms),
+            tail_update="; ".join(f"lanes{k}[lane] += term{k}" for k in terms),
+            lanes_combine="; ".join(f"acc{k} += lanes{k}[lane]" for k in terms),
+            **pieces,
+        )
+
+    def _targets_c(self, index: str, term: str) -> str:
+        out = ["param_c[" + index + "]" if "param" in self.writes else "_param"]
+        for s in self.state_names:
+            out.append(f"{s}_c[{index}]" if s in self.writes else f"_{s}")
+        out += [term.format(k=k) for k in range(self.num_terms)]
+        return ", ".join(out) + ("," if len(out) == 1 else "")
+
     def _cpu(self, parallel: bool):
         suffix = "parallel" if parallel else "serial"
         name = f"{self.name}_segmented_{suffix}_{_SOURCE_HASH}"
+        pieces = self._pieces()
+        # per group of chunks (one prange iteration): the lanes and the block's terms
+        scratch = "; ".join(
+            f"lanes{k} = np.empty({LANES}); terms{k} = np.empty({LANES}, scalars.dtype)"
+            for k in range(self.num_terms)
+        ) or "pass"
         source = _CPU_TEMPLATE.format(name=name, range="prange" if parallel else "range",
-                                      **self._pieces())
-        fn = self._build(source, name, {})
+                                      contiguous=self._contiguous(pieces), scratch=scratch,
+                                      **pieces)
+        fn = self._build(source, name, {"np": np})
         return njit(cache=True, error_model="numpy", parallel=parallel,
                     fastmath=_FASTMATH, no_cfunc_wrapper=True)(fn)  # as in _jit.Kernel._cpu
 
@@ -376,7 +474,7 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         parallel = group.numel >= config.parallel_threshold and segments.num_chunks > 1
         loop = kernel.parallel if parallel else kernel.serial
         loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, sums,
-             *states, args)
+             *states, args, segments.per_group(parallel))
     return segments.totals(sums)
 
 
