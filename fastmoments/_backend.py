@@ -19,6 +19,9 @@ class _Config:
     parallel_threshold : int
         A flat buffer (or a group of arrays) with at least this many elements is
         processed by the multi-threaded loop; smaller ones by the serial loop.
+        Default 32768: with 2 threads, float32 Adam and Adagrad ran 1.3-1.5x faster
+        in parallel from 32000 elements, SGD broke even there (``fastmoments bench
+        --crossover``; docs/performance.md).
     cuda_threads_per_block : int
         Threads per block of the CUDA kernels.
     cuda_max_blocks : int or None
@@ -29,7 +32,7 @@ class _Config:
     __slots__ = ("parallel_threshold", "cuda_threads_per_block", "cuda_max_blocks")
 
     def __init__(self) -> None:
-        self.parallel_threshold = 1 << 16
+        self.parallel_threshold = 1 << 15
         self.cuda_threads_per_block = 256
         self.cuda_max_blocks: int | None = None
 

@@ -37,7 +37,7 @@ def test_traffic_and_chunks():
 
 
 @pytest.mark.parametrize("n_states", [0, 1, 2, 3])
-@pytest.mark.parametrize("n", [17, 70_000])  # serial and parallel (threshold 65536)
+@pytest.mark.parametrize("n", [17, 70_000])  # serial and parallel (threshold 32768)
 def test_ceiling_kernel_reads_and_writes_every_buffer(n_states, n):
     case = bench.ceiling_case(n_states, n, np.float64)
     p, g, *states = case.keep[0]
@@ -52,7 +52,7 @@ def test_ceiling_kernel_reads_and_writes_every_buffer(n_states, n):
 @pytest.mark.parametrize("reads, writes", [(2, 0), (3, 1), (4, 2), (1, 1), (3, 3)])
 @pytest.mark.parametrize("n", [17, 70_000])
 def test_pass_ceiling_reads_and_writes_its_buffers(reads, writes, n):
-    kernel = bench.pass_ceiling_kernel(reads, writes, n >= 65536)
+    kernel = bench.pass_ceiling_kernel(reads, writes, n >= 32768)
     arrays = [np.random.default_rng(k).random(n + 3) for k in range(reads)]
     before = [a.copy() for a in arrays]
     total = kernel(n, *arrays)

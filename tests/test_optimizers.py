@@ -288,7 +288,7 @@ def test_cached_kernel_calls_follow_every_change(path, monkeypatch):
                 opt.load_state_dict(other.state_dict())
             if t == 8:
                 monkeypatch.setattr(fm.config, "parallel_threshold", 1)
-        monkeypatch.setattr(fm.config, "parallel_threshold", 65536)
+        monkeypatch.setattr(fm.config, "parallel_threshold", 1 << 15)
         opt.step(grads[1] if path == "list" else None)  # serial again: an entry point
         direct = [c[3] is not None for c in opt._groups[0].calls.values()]
         assert any(direct) == use_cache, direct
