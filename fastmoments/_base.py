@@ -571,8 +571,9 @@ class Optimizer:
         except OverflowError:  # a float64 scalar beyond float32's range: inf, as NumPy
             args[:] = scalars
         kernel = group.kernel
-        if kernel.is_neutral(scalars):  # no scaling, clipping, L2 decay: fewer operations
-            kernel = kernel.plain
+        neutral = kernel.neutral
+        if neutral is not None and neutral[0](scalars) == neutral[1]:
+            kernel = kernel.plain  # no scaling, clipping, L2 decay: fewer operations
         if group.device == "cuda":
             self._run_cuda(group, source, kernel, group.states, tuple(args))
             return

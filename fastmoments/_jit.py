@@ -35,6 +35,7 @@ import math
 import os
 from functools import cached_property
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 from numba import carray, njit, prange, types
@@ -212,17 +213,15 @@ class Kernel:
         return Kernel(self.rule, self.state_names, fixed) if fixed else None
 
     @cached_property
-    def is_neutral(self):
-        """``is_neutral(scalars)``: whether a step's scalars allow the plain variant."""
+    def neutral(self) -> tuple[Any, Any] | None:
+        """``(getter, values)``: a step's scalars allow the plain variant when
+        ``getter(scalars) == values`` (None: no plain variant)."""
         plain = self.plain
         if plain is None:
-            return lambda scalars: False
+            return None
         index = [self.scalar_names.index(s) for s in plain.fixed]
         values = tuple(NEUTRAL[s] for s in plain.fixed)
-        if len(index) == 1:
-            values = values[0]
-        getter = itemgetter(*index)
-        return lambda scalars: getter(scalars) == values
+        return itemgetter(*index), values if len(index) > 1 else values[0]
 
     @cached_property
     def serial(self):

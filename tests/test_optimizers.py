@@ -120,16 +120,25 @@ def test_plain_kernels_identical(case, monkeypatch):
     name, kwargs = case
     params, grad = problem(steps=10)
     chosen = []
-    general_is_neutral = Kernel.is_neutral
+    real_neutral = Kernel.neutral
 
     def recording(self):
-        check = general_is_neutral.func(self)
-        return lambda scalars: chosen.append(check(scalars)) or chosen[-1]
+        neutral = real_neutral.func(self)
+        if neutral is None:
+            return None
+        getter, values = neutral
 
-    monkeypatch.setattr(Kernel, "is_neutral", property(recording))
+        def record(scalars):
+            got = getter(scalars)
+            chosen.append(got == values)
+            return got
+
+        return record, values
+
+    monkeypatch.setattr(Kernel, "neutral", property(recording))
     plain = [p.copy() for p in params]
     run_fm(name, kwargs, plain, grad, steps=10)
-    monkeypatch.setattr(Kernel, "is_neutral", property(lambda self: lambda scalars: False))
+    monkeypatch.setattr(Kernel, "neutral", property(lambda self: None))
     general = [p.copy() for p in params]
     run_fm(name, kwargs, general, grad, steps=10)
     for a, b in zip(plain, general):
