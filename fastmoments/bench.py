@@ -72,7 +72,10 @@ __all__ = [
 
 #: keyword arguments each rule is benchmarked with (torch gets the same ones);
 #: SGD with momentum, as it is used in practice (one state buffer).
-RULE_KWARGS: dict[str, dict[str, Any]] = {"SGD": {"lr": 1e-3, "momentum": 0.9}}
+# SWATS with switch_tol=0 stays in its Adam phase (two dot products per step): without
+# it, the switch to SGD happens within a few steps and the timed phase would change.
+RULE_KWARGS: dict[str, dict[str, Any]] = {"SGD": {"lr": 1e-3, "momentum": 0.9},
+                                          "SWATS": {"switch_tol": 0.0}}
 TORCH_IMPLS = ("fused", "foreach", "forloop")
 NUMPY_RULES = ("Adam", "AdamW")
 DEFAULT_SIZES = "1e6,1e7"
@@ -307,6 +310,7 @@ class Case:
     sync: Callable[[], Any] = _noop
     keep: tuple = field(default=(), repr=False)
     passes: tuple[tuple[int, int, int], ...] | None = None
+    current_passes: Callable[[], tuple] | None = field(default=None, repr=False)
 
     @property
     def traffic_passes(self) -> tuple[tuple[int, int, int], ...]:
@@ -419,7 +423,7 @@ def fastmoments_case(rule: str, n: int, dtype: Any = np.float32, path: str = "fl
     n_states = _state_count(opt)
     passes = tuple(opt._passes(opt._groups[0]))
     return Case(step, n_states, n, np.dtype(dtype).itemsize, len(sizes), sync, (opt, *keep),
-                passes)
+                passes, lambda: tuple(opt._passes(opt._groups[0])))
 
 
 def ceiling_for(case: Case, backend: str = "cpu", seed: int = 0) -> Case:
@@ -940,6 +944,9 @@ class _Runner:
             return
         ceiling = ceiling_for(case, self.args.backend)
         mine, best = time_steps([case, ceiling], self.args.budget)
+        if case.current_passes is not None and case.current_passes() != case.traffic_passes:
+            raise RuntimeError(f"{impl} {rule} {path} {size}: the traffic of a step changed "
+                               "while it was timed (e.g. SWATS switched phase)")
         key = (ceiling.traffic_passes, size, dtype, threads)
         self._record_ceiling(key, scenario, ceiling, best)
         row = self._row(scenario, impl, rule, path, size, dtype, threads, case, mine)

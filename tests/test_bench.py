@@ -85,6 +85,10 @@ def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
     swats = bench.fastmoments_case("SWATS", n, np.float32, "flat")
     assert swats.traffic_passes == ((4, 3, n),)
     assert bench.ceiling_for(swats).n_states == 2
+    for _ in range(20):  # benchmarked in its Adam phase: it does not switch
+        swats.step()
+    assert swats.current_passes() == swats.traffic_passes
+    assert not swats.keep[0]._groups[0].host_state["switched"]
 
 
 def test_ndadam_passes_on_matrices():
