@@ -93,6 +93,8 @@ class Segments:
         tensors = self.chunks[:, _TENSOR]
         self.rows = np.searchsorted(tensors, np.arange(len(layouts) + 1), side="left")
         self._one_to_one = one_to_one
+        #: every chunk has stride 1 (the loops without a strided branch apply)
+        self.contiguous = bool((self.chunks[:, _STRIDE] == 1).all())
         self._device: Any = None
 
     def per_group(self, parallel: bool) -> int:
@@ -173,14 +175,23 @@ def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sum
             {segment_unpack}
             if stride == 1:
 {contiguous}
+{strided}
+            {acc_store}
+"""
+
+# The strided loop (segments along an inner axis, e.g. ND-Adam's columns).
+_CPU_STRIDED = """
             else:
                 {acc_init}
                 for k in range(count):
                     i = first + k * stride
                     {targets_cpu} = rule(param[i], grad[i]{states_cpu}{segment_args}{scalar_args})
                     {acc_update}
-            {acc_store}
 """
+# A kernel for tables whose chunks are all contiguous (whole tensors, rows) has no
+# strided loop (it would skip a strided chunk: ``run`` uses it only for tables without
+# any), and compiles faster. No ``raise`` here: it would keep ``prange`` serial.
+_CPU_NO_STRIDED = ""
 
 # The contiguous (stride 1) loop of a rule that returns no terms: unit-stride views,
 # so that LLVM vectorizes it like the element-wise loops of ``_jit``.
@@ -367,8 +378,8 @@ class SegmentedKernel:
         out += [term.format(k=k) for k in range(self.num_terms)]
         return ", ".join(out) + ("," if len(out) == 1 else "")
 
-    def _cpu(self, parallel: bool):
-        suffix = "parallel" if parallel else "serial"
+    def _cpu(self, parallel: bool, strided: bool = True):
+        suffix = ("parallel" if parallel else "serial") + ("" if strided else "_contiguous")
         name = f"{self.name}_segmented_{suffix}_{_SOURCE_HASH}"
         pieces = self._pieces()
         # per group of chunks (one prange iteration): the lanes and the block's terms
@@ -378,7 +389,8 @@ class SegmentedKernel:
         ) or "pass"
         source = _CPU_TEMPLATE.format(name=name, range="prange" if parallel else "range",
                                       contiguous=self._contiguous(pieces), scratch=scratch,
-                                      **pieces)
+                                      strided=(_CPU_STRIDED if strided else _CPU_NO_STRIDED)
+                                      .format(**pieces), **pieces)
         fn = self._build(source, name, {"np": np})
         return njit(cache=True, error_model="numpy", parallel=parallel,
                     fastmath=_FASTMATH, no_cfunc_wrapper=True)(fn)  # as in _jit.Kernel._cpu
@@ -390,6 +402,15 @@ class SegmentedKernel:
     @cached_property
     def parallel(self):
         return self._cpu(True)
+
+    @cached_property
+    def contiguous_serial(self):
+        """``serial`` for tables without strided chunks (compiles faster)."""
+        return self._cpu(False, strided=False)
+
+    @cached_property
+    def contiguous_parallel(self):
+        return self._cpu(True, strided=False)
 
     @cached_property
     def cuda(self):
@@ -472,7 +493,10 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         else:
             grad_addresses = _cpu.address_of(source) + group.offsets[:-1] * dtype.itemsize
         parallel = group.numel >= config.parallel_threshold and segments.num_chunks > 1
-        loop = kernel.parallel if parallel else kernel.serial
+        if segments.contiguous:
+            loop = kernel.contiguous_parallel if parallel else kernel.contiguous_serial
+        else:
+            loop = kernel.parallel if parallel else kernel.serial
         loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, sums,
              *states, args, segments.per_group(parallel))
     return segments.totals(sums)
