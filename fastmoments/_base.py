@@ -197,13 +197,10 @@ class Optimizer:
         owner = type(self).__name__
         self.defaults = dict(defaults)
         self._check(self.defaults)
-        if nonfinite not in _NONFINITE_POLICIES:
-            raise ValueError(
-                f"{owner}: nonfinite must be one of {_NONFINITE_POLICIES}, got {nonfinite!r}"
-            )
-        self.nonfinite = nonfinite
-        self.max_grad_norm = _check_optional_positive(max_grad_norm, "max_grad_norm", owner)
-        self.clip_value = _check_optional_positive(clip_value, "clip_value", owner)
+        self._nonfinite, self._max_grad_norm, self._clip_value = "apply", None, None
+        self.nonfinite = nonfinite  # validated by the property setters
+        self.max_grad_norm = max_grad_norm
+        self.clip_value = clip_value
         self.step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
@@ -304,6 +301,48 @@ class Optimizer:
         for _, group in dirty:
             self._prepare(group, fresh=False)
 
+    # --------------------------------------------------------- step options
+    @property
+    def nonfinite(self) -> str:
+        """What a step does when a gradient holds NaN or Inf: ``"apply"`` (as torch),
+        ``"skip"`` (change nothing) or ``"raise"``. Settable (validated)."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        if value not in _NONFINITE_POLICIES:
+            raise ValueError(f"{type(self).__name__}: nonfinite must be one of "
+                             f"{_NONFINITE_POLICIES}, got {value!r}")
+        self._nonfinite = value
+        self._step_options()
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """Clip the global gradient norm to this (None: off). Settable (validated)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float | None) -> None:
+        self._max_grad_norm = _check_optional_positive(value, "max_grad_norm",
+                                                       type(self).__name__)
+        self._step_options()
+
+    @property
+    def clip_value(self) -> float | None:
+        """Clip each gradient element to ``[-clip_value, clip_value]`` (None: off).
+        Settable (validated)."""
+        return self._clip_value
+
+    @clip_value.setter
+    def clip_value(self, value: float | None) -> None:
+        self._clip_value = _check_optional_positive(value, "clip_value", type(self).__name__)
+        self._step_options()
+
+    def _step_options(self) -> None:
+        # what step() reads on every call, derived once per change of the options
+        self._needs_norm = self._nonfinite != "apply" or self._max_grad_norm is not None
+        self._clip_bound = math.inf if self._clip_value is None else self._clip_value
+
     @property
     def state(self) -> list[dict[str, Any]]:
         """Per-parameter state: a list (one entry per parameter) of dicts of views."""
@@ -374,7 +413,7 @@ class Optimizer:
                     _current(group.hyper["lr"], self.step_count)
         clip_coef = 1.0
         norm = None
-        if self.nonfinite != "apply" or self.max_grad_norm is not None:
+        if self._needs_norm:  # nonfinite != "apply" or max_grad_norm set
             total = self._sum_squares(sources)
             if math.isfinite(total):
                 norm = math.sqrt(total) / grad_scale
@@ -396,7 +435,7 @@ class Optimizer:
             if self.max_grad_norm is not None and math.isfinite(norm):
                 clip_coef = min(1.0, self.max_grad_norm / (norm + 1e-6))
         step = self.step_count + 1
-        clip_value = math.inf if self.clip_value is None else self.clip_value
+        clip_value = self._clip_bound
         grad_mult = clip_coef / grad_scale
         for group, source in zip(self._groups, sources):
             hyper = group.hyper

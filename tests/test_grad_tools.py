@@ -134,6 +134,43 @@ def test_clipping_reaches_the_multi_pass_rules(name):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_step_options_are_settable_validated_and_followed():
+    """nonfinite, max_grad_norm and clip_value can change between steps; a bad value is
+    refused and leaves the old one."""
+    params, grad = problem(steps=STEPS)
+    mine, ref = [p.copy() for p in params], [p.copy() for p in params]
+    opt = fm.Adam(mine, lr=0.01)
+    ref_opt = fm.Adam(ref, lr=0.01)
+    for name, bad in (("max_grad_norm", -1.0), ("clip_value", 0.0), ("nonfinite", "ignore")):
+        with pytest.raises(ValueError, match=name):
+            setattr(opt, name, bad)
+    assert (opt.nonfinite, opt.max_grad_norm, opt.clip_value) == ("apply", None, None)
+    for t in range(STEPS):
+        if t == 10:  # switched on half way: the same as clipping by hand from here
+            opt.max_grad_norm, opt.clip_value = 1.0, 0.05
+        if t == 20:
+            opt.max_grad_norm = opt.clip_value = None
+        g = grad(mine, t)
+        norm = opt.step(g)
+        r = grad(ref, t)
+        if 10 <= t < 20:
+            total = np.sqrt(sum(float(np.sum(x * x)) for x in r))
+            assert norm == pytest.approx(total, rel=1e-12)
+            coef = min(1.0, 1.0 / (total + 1e-6))
+            r = [np.clip(x * coef, -0.05, 0.05) for x in r]
+        else:
+            assert norm is None
+        ref_opt.step(r)
+    for a, b in zip(mine, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    opt.nonfinite = "skip"
+    before = [p.copy() for p in mine]
+    opt.step([np.full_like(p, np.nan) for p in mine])
+    assert opt.last_step_skipped
+    for a, b in zip(mine, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------ decay masks
 def test_decay_mask_default_decays_matrices_only():
     w1, b1, w2, gain = np.ones((3, 2)), np.ones(3), np.ones((2, 2, 2)), np.ones(2)
