@@ -208,7 +208,10 @@ class Kernel:
 
     @cached_property
     def plain(self) -> Kernel | None:
-        """The variant with the :data:`NEUTRAL` scalars fixed (None if it has none)."""
+        """The variant with the :data:`NEUTRAL` scalars fixed (None if it has none,
+        or if this kernel is that variant)."""
+        if self.fixed:
+            return None
         fixed = tuple(s for s in self.scalar_names if s in NEUTRAL)
         return Kernel(self.rule, self.state_names, fixed) if fixed else None
 

@@ -60,7 +60,9 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from ._jit import build_generated
 
 __all__ = [
     "Case", "Timing", "add_arguments", "run", "main", "optimizer_classes", "rule_states",
@@ -118,7 +120,7 @@ def _traffic_label(passes: tuple[tuple[int, int, int], ...]) -> str:
 
 
 _PASS_CEILING_SOURCE = """
-def ceiling(n, a0{args}):
+def {name}(n, a0{args}):
     total = 0.0
     for i in {range}(n):
         {body}
@@ -147,127 +149,63 @@ def pass_ceiling_kernel(reads: int, writes: int, parallel: bool) -> Callable[...
                 f"a{k}[i] += x" for k in range(writes))
         else:
             body = "; ".join(f"a{k}[i] = -a{k}[i]" for k in range(writes))
+        name = f"pass_ceiling_{reads}r{writes}w_{'parallel' if parallel else 'serial'}"
         source = _PASS_CEILING_SOURCE.format(
-            args="".join(f", a{k}" for k in range(1, reads)),
+            name=name, args="".join(f", a{k}" for k in range(1, reads)),
             range="prange" if parallel else "range", body=body,
         )
-        namespace: dict[str, Any] = {"prange": prange}
-        exec(compile(source, f"<fastmoments.bench pass ceiling {key}>", "exec"), namespace)
-        _PASS_CEILINGS[key] = njit(error_model="numpy", parallel=parallel,
-                                   fastmath=writes == 0)(namespace["ceiling"])
+        fn = build_generated(source, name, __file__, None, {})
+        _PASS_CEILINGS[key] = njit(cache=True, error_model="numpy", parallel=parallel,
+                                   fastmath=writes == 0)(fn)
     return _PASS_CEILINGS[key]
 
 
 # -------------------------------------------------------- ceiling kernels
 # In place, exactly the loads and stores of a rule with 0..3 state buffers, no math
-# beyond one add per store. Same jit options as the library's loops.
-_JIT = dict(cache=True, error_model="numpy")
-
-
-@njit(**_JIT)
-def _ceiling0_serial(p, g):
-    for i in range(p.shape[0]):
-        p[i] += g[i]
-
-
-@njit(parallel=True, **_JIT)
-def _ceiling0_parallel(p, g):
-    for i in prange(p.shape[0]):
-        p[i] += g[i]
-
-
-@njit(**_JIT)
-def _ceiling1_serial(p, g, a):
-    for i in range(p.shape[0]):
-        gi = g[i]
-        p[i] += gi
-        a[i] += gi
-
-
-@njit(parallel=True, **_JIT)
-def _ceiling1_parallel(p, g, a):
-    for i in prange(p.shape[0]):
-        gi = g[i]
-        p[i] += gi
-        a[i] += gi
-
-
-@njit(**_JIT)
-def _ceiling2_serial(p, g, a, b):
-    for i in range(p.shape[0]):
-        gi = g[i]
-        p[i] += gi
-        a[i] += gi
-        b[i] += gi
-
-
-@njit(parallel=True, **_JIT)
-def _ceiling2_parallel(p, g, a, b):
-    for i in prange(p.shape[0]):
-        gi = g[i]
-        p[i] += gi
-        a[i] += gi
-        b[i] += gi
-
-
-@njit(**_JIT)
-def _ceiling3_serial(p, g, a, b, c):
-    for i in range(p.shape[0]):
-        gi = g[i]
-        p[i] += gi
-        a[i] += gi
-        b[i] += gi
-        c[i] += gi
-
-
-@njit(parallel=True, **_JIT)
-def _ceiling3_parallel(p, g, a, b, c):
-    for i in prange(p.shape[0]):
-        gi = g[i]
-        p[i] += gi
-        a[i] += gi
-        b[i] += gi
-        c[i] += gi
-
-
-_CEILINGS = {
-    (0, False): _ceiling0_serial, (0, True): _ceiling0_parallel,
-    (1, False): _ceiling1_serial, (1, True): _ceiling1_parallel,
-    (2, False): _ceiling2_serial, (2, True): _ceiling2_parallel,
-    (3, False): _ceiling3_serial, (3, True): _ceiling3_parallel,
-}
+# beyond one add per store: ``p[i] += g[i]`` and ``s[i] += g[i]`` for each state
+# buffer. One body for the CPU loops (serial / prange, the library's jit options,
+# compiled like its generated loops so that numba's on-disk cache applies) and the
+# CUDA grid-stride kernel.
+_CPU_CEILING_SOURCE = """
+def {name}(p, g{args}):
+    for i in {range}(p.shape[0]):
+        {body}
+"""
+_CUDA_CEILING_SOURCE = """
+def ceiling(p, g{args}):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        {body}
+"""
+_CEILINGS: dict[tuple[int, bool], Any] = {}
 _CUDA_CEILINGS: dict[int, Any] = {}
+
+
+def _ceiling_source(template: str, n_states: int, **names: str) -> str:
+    if not 0 <= n_states <= 3:
+        raise ValueError(f"no ceiling kernel for {n_states} state buffers (0..3)")
+    states = [f"s{k}" for k in range(n_states)]
+    body = "gi = g[i]; p[i] += gi" + "".join(f"; {s}[i] += gi" for s in states)
+    return template.format(args="".join(f", {s}" for s in states), body=body, **names)
 
 
 def ceiling_kernel(n_states: int, parallel: bool) -> Callable[..., None]:
     """The CPU ceiling kernel ``f(p, g, *states)`` for a rule with ``n_states`` buffers."""
-    try:
-        return _CEILINGS[(n_states, parallel)]
-    except KeyError:
-        raise ValueError(f"no ceiling kernel for {n_states} state buffers (0..3)") from None
-
-
-_CUDA_CEILING_SOURCE = """
-def ceiling(p, g{args}):
-    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        gi = g[i]
-        p[i] += gi
-{adds}
-"""
+    key = (n_states, parallel)
+    if key not in _CEILINGS:
+        name = f"ceiling{n_states}_{'parallel' if parallel else 'serial'}"
+        source = _ceiling_source(_CPU_CEILING_SOURCE, n_states, name=name,
+                                 range="prange" if parallel else "range")
+        fn = build_generated(source, name, __file__, None, {})
+        _CEILINGS[key] = njit(cache=True, error_model="numpy", parallel=parallel)(fn)
+    return _CEILINGS[key]
 
 
 def cuda_ceiling_kernel(n_states: int) -> Any:
     """The CUDA ceiling kernel (grid-stride, as the library's) for ``n_states`` buffers."""
-    if not 0 <= n_states <= 3:
-        raise ValueError(f"no ceiling kernel for {n_states} state buffers (0..3)")
     if n_states not in _CUDA_CEILINGS:
+        source = _ceiling_source(_CUDA_CEILING_SOURCE, n_states)
         from numba import cuda
 
-        names = [f"s{k}" for k in range(n_states)]
-        source = _CUDA_CEILING_SOURCE.format(
-            args="".join(f", {n}" for n in names),
-            adds="".join(f"        {n}[i] += gi\n" for n in names),
-        )
         # ``cuda`` must be a global of the kernel (the simulator swaps it there)
         namespace: dict[str, Any] = {"cuda": cuda}
         exec(compile(source, f"<fastmoments.bench ceiling {n_states}>", "exec"), namespace)
