@@ -321,13 +321,6 @@ class SegmentedKernel:
         scalar_args = "".join(f", {s}" for s in self.scalar_names)
         segment_args = "".join(f", {s}" for s in self.segment_names)
 
-        def targets(index_state: str, index_param: str) -> str:
-            out = [f"param[{index_param}]" if "param" in self.writes else "_param"]
-            for s in self.state_names:
-                out.append(f"{s}[{index_state}]" if s in self.writes else f"_{s}")
-            out += [f"term{k}" for k in range(self.num_terms)]
-            return ", ".join(out) + ("," if len(out) == 1 else "")
-
         terms = range(self.num_terms)
         return dict(
             states=states,
@@ -337,12 +330,12 @@ class SegmentedKernel:
             call_c="rule(param_c[k], grad_c[k]"
                    + "".join(f", {s}_c[k]" for s in self.state_names)
                    + segment_args + scalar_args + ")",
-            targets_c=self._targets_c("k", "term{k}"),
+            targets_c=self._targets("param_c[k]", "{s}_c[k]", "term{k}"),
             slices="; ".join(f"{s}_c = {s}[base + first:base + first + count]"
                              for s in self.state_names) or "pass",
             states_cuda="".join(f", {s}[i]" for s in self.state_names),
-            targets_cpu=targets("base + i", "i"),
-            targets_cuda=targets("i", "i"),
+            targets_cpu=self._targets("param[i]", "{s}[base + i]", "term{k}"),
+            targets_cuda=self._targets("param[i]", "{s}[i]", "term{k}"),
             segment_args=segment_args,
             segment_unpack="; ".join(
                 f"{s} = segment_values[seg, {k}]" for k, s in enumerate(self.segment_names)
@@ -364,17 +357,19 @@ class SegmentedKernel:
         return _CPU_LANES.format(
             lanes=LANES,
             lanes_zero="; ".join(f"lanes{k}[:] = 0.0" for k in terms),
-            targets_lane=self._targets_c("k", "terms{k}[lane]"),
+            targets_lane=self._targets("param_c[k]", "{s}_c[k]", "terms{k}[lane]"),
             lanes_update="; ".join(f"lanes{k}[lane] += terms{k}[lane]" for k in terms),
             tail_update="; ".join(f"lanes{k}[lane] += term{k}" for k in terms),
             lanes_combine="; ".join(f"acc{k} += lanes{k}[lane]" for k in terms),
             **pieces,
         )
 
-    def _targets_c(self, index: str, term: str) -> str:
-        out = ["param_c[" + index + "]" if "param" in self.writes else "_param"]
+    def _targets(self, param: str, state: str, term: str) -> str:
+        """The left side of ``... = rule(...)``: ``param`` / ``state`` (a format with
+        ``{s}``) where stored, a dummy name where only read, then the terms."""
+        out = [param if "param" in self.writes else "_param"]
         for s in self.state_names:
-            out.append(f"{s}_c[{index}]" if s in self.writes else f"_{s}")
+            out.append(state.format(s=s) if s in self.writes else f"_{s}")
         out += [term.format(k=k) for k in range(self.num_terms)]
         return ", ".join(out) + ("," if len(out) == 1 else "")
 
