@@ -72,21 +72,34 @@ class FlatParams:
         n = int(self.offsets[-1])
         if self.device == "cuda":
             cuda = cuda_module()
-            self.data = cuda.device_array(n, dtype=dtype)
-            self.grad = cuda.device_array(n, dtype=dtype)
-            self.grad[:] = 0
+            self._data = cuda.device_array(n, dtype=dtype)
+            self._grad = cuda.device_array(n, dtype=dtype)
+            self._grad[:] = 0
             views = self._views(self.data)
             for view, a in zip(views, arrays):
                 if view.size:
                     view.copy_to_device(a if a.dtype == dtype else a.copy_to_host().astype(dtype))
         else:
-            self.data = np.empty(n, dtype=dtype)
-            self.grad = np.zeros(n, dtype=dtype)
+            self._data = np.empty(n, dtype=dtype)
+            self._grad = np.zeros(n, dtype=dtype)
             views = self._views(self.data)
             for view, a in zip(views, arrays):
                 view[...] = a
         self.params: list[Any] = views
         self.grads: list[Any] = self._views(self.grad)
+
+    # The two buffers are fixed for the life of the FlatParams: the views above, and
+    # the optimizers built on it (their address tables and cached kernel calls),
+    # point into them. Write into them (``flat.grad[:] = g``); they cannot be replaced.
+    @property
+    def data(self) -> Any:
+        """The flat parameter buffer (read-only attribute; write into it)."""
+        return self._data
+
+    @property
+    def grad(self) -> Any:
+        """The flat gradient buffer (read-only attribute; write into it)."""
+        return self._grad
 
     def _views(self, flat: Any) -> list[Any]:
         out = []

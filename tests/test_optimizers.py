@@ -309,3 +309,17 @@ def test_cached_kernel_calls_follow_every_change(path, monkeypatch):
     for a, b in zip(cached, plain):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(cached[0], np.ones_like(cached[0]))
+
+
+def test_flatparams_buffers_cannot_be_replaced():
+    """Optimizers point into a FlatParams' buffers: replacing one is refused, writing
+    into it is the way (and is what the next step reads)."""
+    flat = fm.FlatParams([np.ones(3), np.ones(2)])
+    opt = fm.SGD(flat, lr=0.5)
+    for name in ("data", "grad"):
+        with pytest.raises(AttributeError):
+            setattr(flat, name, np.zeros(5))
+    flat.grad[:] = 2.0
+    opt.step()
+    np.testing.assert_array_equal(flat.data, np.zeros(5))
+
