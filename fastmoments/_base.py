@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _cpu
 from ._backend import as_cuda_array, config, device_address, is_cuda_array
-from ._jit import Kernel
+from ._jit import NEUTRAL, Kernel
 from .flat import FlatParams
 
 __all__ = ["Optimizer", "Group", "STATE_DICT_VERSION"]
@@ -50,7 +50,8 @@ class Group:
     __slots__ = (
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
-        "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls",
+        "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls", "plain",
+        "values",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -105,14 +106,18 @@ class Group:
         # lookup and table write are skipped. Holding the reference also keeps that
         # address valid: NumPy refuses to resize (reallocate) an array referenced here.
         self.grad_objects: list[Any] = [None] * len(params)
-        # per CPU loop: (source, data, callee, overload, arguments) of its last call;
+        # per CPU loop: (source, callee, overload, arguments) of its last call;
         # see _run and _callee
         self.calls: dict[Any, tuple] = {}
         self.state: dict[str, Any] = {}
         self.states: tuple = ()
         self.host_state: dict[str, float] = {}
         self.kernel: Kernel | None = None
+        # the kernel's plain variant when this group's rule scalars allow it, None when
+        # they don't, _UNDECIDED until the first step after (re)building (see _run)
+        self.plain: Any = _UNDECIDED
         self.scalars = np.empty(0, dtype=self.dtype)
+        self.values: dict[str, Any] = {}
 
     def views(self, name: str) -> list[Any]:
         """Per-parameter views of the flat state buffer ``name``."""
@@ -228,6 +233,10 @@ class Optimizer:
             [g.flat.grad for g in self._groups]
             if all(g.flat is not None for g in self._groups) else None
         )
+        # (group, its FlatParams' gradient buffer) pairs: step(None)'s loop
+        self._flat_pairs = (
+            list(zip(self._groups, self._flat_grads)) if self._flat_grads is not None else None
+        )
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}
@@ -281,6 +290,12 @@ class Optimizer:
         group.pack = struct.Struct(f"{len(kernel.scalar_names)}{code}").pack_into
         group.scalar_bytes = memoryview(group.scalars).cast("B")
         group.calls = {}  # new state buffers / scalars array: rebuild the cached calls
+        group.plain = _UNDECIDED  # new hyperparameters: decided again on the next step
+        # what step() passes to _scalars: a plain-dict copy of the hyperparameters (a
+        # lookup costs half of one in the ParamGroup, a dict subclass); every edit of
+        # the group goes through _prepare again. lr is read from the group itself (the
+        # ``lr`` property sets it without an edit mark).
+        group.values = dict(group.hyper)
         if fresh:
             group.host_state = self._initial_host_state(group.hyper)
         group.hyper.dirty = False
@@ -401,8 +416,10 @@ class Optimizer:
             raise ValueError(f"grad_scale: expected a finite number > 0, got {grad_scale!r}")
         if grads is None and self._flat_grads is not None:  # FlatParams' own buffers
             sources = self._flat_grads
+            pairs = self._flat_pairs
         else:
             sources = self._collect(grads)
+            pairs = zip(self._groups, sources)
         for group in self._groups:
             if group.hyper.dirty:
                 self._revalidate()
@@ -437,15 +454,14 @@ class Optimizer:
         step = self.step_count + 1
         clip_value = self._clip_bound
         grad_mult = clip_coef / grad_scale
-        for group, source in zip(self._groups, sources):
-            hyper = group.hyper
-            lr = hyper["lr"]
+        for group, source in pairs:
+            values = group.values
+            lr = group.hyper["lr"]
             if callable(lr):
                 lr = _current(lr, self.step_count)
-            scalars = (
-                -grad_mult if hyper["maximize"] else grad_mult, clip_value,
-            ) + self._scalars(hyper, lr, step, group.host_state)
-            self._run(group, source, scalars)
+            self._run(group, source, (-grad_mult if values["maximize"] else grad_mult,
+                                      clip_value) + self._scalars(values, lr, step,
+                                                                  group.host_state))
         self.step_count = step
         self.last_step_skipped = False
         self.last_grad_norm = norm
@@ -609,31 +625,34 @@ class Optimizer:
             group.pack(group.scalar_bytes, 0, *scalars)
         except OverflowError:  # a float64 scalar beyond float32's range: inf, as NumPy
             args[:] = scalars
-        kernel = group.kernel
-        neutral = kernel.neutral
-        if neutral is not None and neutral[0](scalars) == neutral[1]:
-            kernel = kernel.plain  # no scaling, clipping, L2 decay: fewer operations
+        plain = group.plain
+        if plain is _UNDECIDED:
+            plain = group.plain = _plain_variant(group.kernel, scalars)
+        if plain is not None and scalars[0] == 1.0 and scalars[1] == _INF:
+            kernel = plain  # no scaling, clipping, L2 decay: fewer operations
+        else:
+            kernel = group.kernel
         if group.device == "cuda":
             self._run_cuda(group, source, kernel, group.states, tuple(args))
             return
         big = group.numel >= config.parallel_threshold
         if source is None:
             loop = kernel.multi_parallel if big and len(group.params) > 1 else kernel.multi_serial
-            data = None
         else:
             loop = kernel.parallel if big else kernel.serial
-            data = group.flat.data
         call = group.calls.get(loop)
-        if call is not None and call[0] is source and call[1] is data:
-            call[2](*call[4])  # the same loop on the same arrays as last time
+        if call is not None and call[0] is source:
+            # the same loop on the same arrays as last time (a FlatParams' buffers
+            # cannot be replaced; the list path's address tables are updated in place)
+            call[1](*call[3])
             return
         if source is None:
             arguments = (group.param_addresses, group.grad_addresses, group.offsets,
                          *group.states, args)
         else:
-            arguments = (data, source, *group.states, args)
+            arguments = (group.flat.data, source, *group.states, args)
         loop(*arguments)
-        group.calls[loop] = (source, data, *_callee(kernel, group, loop, source, arguments),
+        group.calls[loop] = (source, *_callee(kernel, group, loop, source, arguments),
                              arguments)
 
     def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
@@ -836,6 +855,31 @@ def _as_group_dicts(params: Any, owner: str) -> list[dict[str, Any]]:
     if any(isinstance(x, dict) for x in items):
         raise TypeError(f"{owner}: params mixes param-group dicts and arrays")
     return [{"params": items}]
+
+
+_UNDECIDED = object()
+_INF = math.inf
+
+
+def _plain_variant(kernel: Kernel, scalars: tuple) -> Kernel | None:
+    """The plain variant of ``kernel`` if ``scalars`` allow it apart from their first two.
+
+    A step's scalars start with ``grad_mult, clip_value`` (they change with
+    ``grad_scale``, ``max_grad_norm`` and ``clip_value``, and ``_run`` tests them on
+    every step); the rule's own neutral scalars (``weight_decay``, ``eps_root``) are
+    hyperparameter values, fixed until the group is edited (which rebuilds it), so
+    they are tested once, on the first step after the group was (re)built.
+    """
+    plain = kernel.plain
+    if plain is None:
+        return None
+    if kernel.scalar_names[:2] != ("grad_mult", "clip_value") or plain.fixed[:2] != (
+        "grad_mult", "clip_value"
+    ):  # pragma: no cover - every rule starts with these two
+        raise TypeError(f"{kernel!r}: a rule's scalars must start with grad_mult, clip_value")
+    rule_fixed = plain.fixed[2:]
+    values = tuple(scalars[kernel.scalar_names.index(s)] for s in rule_fixed)
+    return plain if values == tuple(NEUTRAL[s] for s in rule_fixed) else None
 
 
 def _callee(kernel: Kernel, group: Group, loop: Any, source: Any,

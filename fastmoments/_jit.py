@@ -34,8 +34,6 @@ import inspect
 import math
 import os
 from functools import cached_property
-from operator import itemgetter
-from typing import Any
 
 import numpy as np
 from numba import carray, njit, prange, types
@@ -214,17 +212,6 @@ class Kernel:
             return None
         fixed = tuple(s for s in self.scalar_names if s in NEUTRAL)
         return Kernel(self.rule, self.state_names, fixed) if fixed else None
-
-    @cached_property
-    def neutral(self) -> tuple[Any, Any] | None:
-        """``(getter, values)``: a step's scalars allow the plain variant when
-        ``getter(scalars) == values`` (None: no plain variant)."""
-        plain = self.plain
-        if plain is None:
-            return None
-        index = [self.scalar_names.index(s) for s in plain.fixed]
-        values = tuple(NEUTRAL[s] for s in plain.fixed)
-        return itemgetter(*index), values if len(index) > 1 else values[0]
 
     @cached_property
     def serial(self):

@@ -8,7 +8,6 @@ import reference
 from cases import CASES, TORCH_HAS, case_id, problem
 
 import fastmoments as fm
-from fastmoments._jit import Kernel
 
 STEPS = 60
 
@@ -117,28 +116,22 @@ def test_parallel_kernels_identical(case, monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_plain_kernels_identical(case, monkeypatch):
     """The plain variant (neutral scalars compiled in) gives the general kernel's bits."""
+    from fastmoments import _base
+
     name, kwargs = case
     params, grad = problem(steps=10)
     chosen = []
-    real_neutral = Kernel.neutral
+    real_plain_variant = _base._plain_variant
 
-    def recording(self):
-        neutral = real_neutral.func(self)
-        if neutral is None:
-            return None
-        getter, values = neutral
+    def recording(kernel, scalars):
+        plain = real_plain_variant(kernel, scalars)
+        chosen.append(plain is not None)
+        return plain
 
-        def record(scalars):
-            got = getter(scalars)
-            chosen.append(got == values)
-            return got
-
-        return record, values
-
-    monkeypatch.setattr(Kernel, "neutral", property(recording))
+    monkeypatch.setattr(_base, "_plain_variant", recording)
     plain = [p.copy() for p in params]
     run_fm(name, kwargs, plain, grad, steps=10)
-    monkeypatch.setattr(Kernel, "neutral", property(lambda self: None))
+    monkeypatch.setattr(_base, "_plain_variant", lambda kernel, scalars: None)
     general = [p.copy() for p in params]
     run_fm(name, kwargs, general, grad, steps=10)
     for a, b in zip(plain, general):
@@ -146,6 +139,39 @@ def test_plain_kernels_identical(case, monkeypatch):
     # the rows without weight decay, clipping or maximize did use the plain kernel
     if not any(kwargs.get(k) for k in ("weight_decay", "clip_value", "max_grad_norm", "maximize")):
         assert chosen and all(chosen), chosen
+
+
+@pytest.mark.parametrize("case", CASES + [("AdaBelief", dict(lr=0.01, weight_decay=0.1)),
+                                          ("Lion", dict(lr=0.01, weight_decay=0.1))],
+                         ids=case_id)
+def test_neutral_rule_scalars_are_hyperparameters(case):
+    """The rule's own neutral scalars (weight_decay, eps_root) do not change with the
+    step or the learning rate: _run decides the plain variant once per (re)build."""
+    from fastmoments._jit import NEUTRAL
+
+    name, kwargs = case
+    params, grad = problem(steps=6)
+    kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+    opt = getattr(fm, name)(params, lr=lambda t: 0.1 / (1 + t), **kwargs)
+    seen = []
+    for group in opt._groups:
+        kernel = group.kernel
+        assert kernel.plain is not None  # every element-wise rule scales and clips
+        index = [kernel.scalar_names.index(s) - 2 for s in kernel.plain.fixed[2:]]
+        real = opt._scalars
+
+        def recording(values, lr, step, host, index=index, real=real):
+            scalars = real(values, lr, step, host)
+            seen.append(tuple(scalars[k] for k in index))
+            return scalars
+
+        opt._scalars = recording
+    for t in range(6):
+        opt.step(grad(params, t))
+    assert len(seen) == 6 * len(opt._groups)
+    assert len(set(seen)) == 1, seen
+    fixed = opt._groups[0].kernel.plain.fixed[2:]
+    assert set(fixed) <= set(NEUTRAL)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -299,7 +325,7 @@ def test_cached_kernel_calls_follow_every_change(path, monkeypatch):
                 monkeypatch.setattr(fm.config, "parallel_threshold", 1)
         monkeypatch.setattr(fm.config, "parallel_threshold", 1 << 15)
         opt.step(grads[1] if path == "list" else None)  # serial again: an entry point
-        direct = [c[3] is not None for c in opt._groups[0].calls.values()]
+        direct = [c[2] is not None for c in opt._groups[0].calls.values()]
         assert any(direct) == use_cache, direct
         return [p.copy() for p in (target.params if path == "flat" else target)] + [
             s.copy() for s in opt._groups[0].states]
