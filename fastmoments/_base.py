@@ -44,6 +44,21 @@ class ParamGroup(dict):
         self.dirty = True
 
 
+class ParamList(list):
+    """The ``"params"`` entry of a param group built from a list of arrays: a list that
+    refuses changes (the optimizer's state buffers and address tables are laid out for
+    exactly these arrays; build a new optimizer to train other ones)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "param_groups[...]['params'] cannot be changed after the optimizer is built "
+            "(its state is laid out for these arrays); build a new optimizer instead"
+        )
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+
 class Group:
     """Internal view of one param group: its arrays, flat state buffers and addresses."""
 
@@ -51,7 +66,7 @@ class Group:
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
         "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls", "plain",
-        "values",
+        "values", "params_entry",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -90,7 +105,10 @@ class Group:
             )
         self.dtype = dtypes.pop()
         self.params = params
-        hyper["params"] = self.flat if self.flat is not None else params
+        # the group's "params" entry (the FlatParams, or the arrays in a list that
+        # refuses changes); replacing it is refused on the next step
+        self.params_entry = self.flat if self.flat is not None else ParamList(params)
+        hyper["params"] = self.params_entry
         sizes = [int(p.size) for p in params]
         self.offsets = np.zeros(len(params) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.offsets[1:])
@@ -312,6 +330,12 @@ class Optimizer:
         then rebuild their kernels and state (so that a refusal changes nothing)."""
         dirty = [(k, g) for k, g in enumerate(self._groups) if g.hyper.dirty]
         for k, group in dirty:
+            if group.hyper.get("params") is not group.params_entry:
+                raise ValueError(
+                    f"param_groups[{k}]['params']: the parameters of a group cannot be "
+                    "replaced after the optimizer is built (its state is laid out for "
+                    "them); put the original entry back, or build a new optimizer"
+                )
             self._check_group(group.hyper, k)
         for _, group in dirty:
             self._prepare(group, fresh=False)

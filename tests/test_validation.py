@@ -421,3 +421,32 @@ def test_fuzzed_grads_either_step_or_refuse_cleanly(shapes, dtype, order, scale)
     else:
         assert opt.step_count == 2
         assert [g.shape for g in grads] == SHAPES
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["list", "flat"])
+def test_params_of_a_group_cannot_be_changed(flat):
+    """The state is laid out for the group's arrays: changing them is refused clearly,
+    never ignored, and a refused step changes nothing."""
+    params = [np.ones(3), np.ones(4)]
+    target = fm.FlatParams(params) if flat else params
+    arrays = target.params if flat else params
+    opt = fm.Adam(target, lr=0.1)
+    grads = [np.ones(3), np.ones(4)]
+    opt.step(grads)
+    entry = opt.param_groups[0]["params"]
+    if not flat:
+        assert list(entry) == params
+        for mutate in (lambda e: e.append(np.ones(2)), lambda e: e.pop(),
+                       lambda e: e.__setitem__(0, np.ones(3)), lambda e: e.extend([]),
+                       lambda e: e.clear()):
+            with pytest.raises(TypeError, match="cannot be changed"):
+                mutate(entry)
+        assert len(entry) == 2 and entry[0] is params[0]
+    before = snapshot(opt, arrays)
+    opt.param_groups[0]["params"] = [np.ones(5)]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]: .* cannot be replaced"):
+        opt.step(grads)
+    assert snapshot(opt, arrays) == before
+    opt.param_groups[0]["params"] = entry  # put back: steps again
+    opt.step(grads)
+    assert snapshot(opt, arrays) != before
