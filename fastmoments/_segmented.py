@@ -23,11 +23,18 @@ this module generates, like ``_jit`` for the element-wise rules,
   shared-memory tree, in a fixed order (the sums are reproducible run to run).
 
 The per-chunk partial sums are added per segment on the host (``Segments.totals``).
+
+A step allocates nothing on the CPU: each pass over a group's segment table has a
+:class:`Workspace` (built on its first run, kept on the table) that holds the
+per-segment values, the packed scalars, the per-chunk sums, the per-segment totals
+and the scratch of the loops' partial sums; :func:`run` returns its totals, and a
+caller writes the next pass's segment values into :func:`workspace`'s ``values``.
 """
 
 from __future__ import annotations
 
 import inspect
+import struct
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -39,7 +46,7 @@ from . import _cpu
 from ._backend import config
 from ._jit import _FASTMATH, build_generated, source_hash
 
-__all__ = ["Segments", "SegmentedKernel", "run", "CHUNK"]
+__all__ = ["Segments", "SegmentedKernel", "Workspace", "run", "workspace", "CHUNK"]
 
 #: the longest run of elements one chunk (one thread, or one CUDA block) processes
 CHUNK = 1 << 14
@@ -93,16 +100,20 @@ class Segments:
         tensors = self.chunks[:, _TENSOR]
         self.rows = np.searchsorted(tensors, np.arange(len(layouts) + 1), side="left")
         self._one_to_one = one_to_one
+        #: the segment of each chunk (what ``totals`` adds by)
+        self.segment_of_chunk = np.ascontiguousarray(self.chunks[:, _SEGMENT])
         #: every chunk has stride 1 (the loops without a strided branch apply)
         self.contiguous = bool((self.chunks[:, _STRIDE] == 1).all())
         self._device: Any = None
+        self._workspaces: dict[SegmentedKernel, Workspace] = {}
 
     def per_group(self, parallel: bool) -> int:
         """Chunks per iteration of the CPU loops' outer (``prange``) loop.
 
-        Each iteration allocates the scratch of the partial sums once for its chunks;
-        a parallel loop gets about 8 iterations per thread. The grouping does not
-        change the results (every chunk is summed on its own).
+        Each iteration has its own row of the partial sums' scratch (see
+        :meth:`Workspace.scratch`); a parallel loop gets about 8 iterations per
+        thread. The grouping does not change the results (every chunk is summed on
+        its own).
         """
         if not parallel:
             return max(self.num_chunks, 1)
@@ -112,14 +123,23 @@ class Segments:
     def num_chunks(self) -> int:
         return int(self.chunks.shape[0])
 
-    def totals(self, sums: np.ndarray) -> np.ndarray:
-        """Per-segment totals ``(num_segments, k)`` of per-chunk sums ``(num_chunks, k)``."""
+    @property
+    def one_to_one(self) -> bool:
+        """Every segment is exactly one chunk, in order (the sums are the totals)."""
+        return self._one_to_one
+
+    def totals(self, sums: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Per-segment totals ``(num_segments, k)`` of per-chunk sums ``(num_chunks, k)``.
+
+        The chunks of a segment are added in table order, from 0 (as ``np.bincount``
+        with weights); into ``out`` when given (nothing allocated).
+        """
         if self._one_to_one:  # the chunks are the segments, in order
             return sums
-        segment = self.chunks[:, _SEGMENT]
-        out = np.zeros((self.num_segments, sums.shape[1]))
-        for k in range(sums.shape[1]):
-            out[:, k] = np.bincount(segment, weights=sums[:, k], minlength=self.num_segments)
+        if out is None:
+            out = np.empty((self.num_segments, sums.shape[1]))
+        if sums.shape[1]:
+            _add_per_segment(self.segment_of_chunk, sums, out)
         return out
 
     def device_chunks(self):
@@ -129,6 +149,15 @@ class Segments:
 
             self._device = cuda.to_device(self.chunks)
         return self._device
+
+
+@njit(cache=True, error_model="numpy")
+def _add_per_segment(segment_of_chunk, sums, out):
+    out[:] = 0.0
+    for c in range(sums.shape[0]):
+        s = segment_of_chunk[c]
+        for k in range(sums.shape[1]):
+            out[s, k] += sums[c, k]
 
 
 def _chunks_of(j: int, first_segment: int, outer: int, length: int, inner: int,
@@ -157,7 +186,7 @@ def whole_tensors(params: Sequence[Any]) -> list[tuple[int, int, int]]:
 # ------------------------------------------------------------- generation
 _CPU_TEMPLATE = """
 def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
-           scalars, per_group):
+           scalars, per_group, scratch_lanes, scratch_terms):
     {unpack}
     num_chunks = chunks.shape[0]
     for group in {range}((num_chunks + per_group - 1) // per_group):
@@ -211,7 +240,9 @@ _CPU_CONTIGUOUS = """
 # lanes. Neither has a carried dependency, so LLVM's loop vectorizer turns both into
 # vector code (the rule's math at the full vector width of the buffer dtype). The
 # lanes are added in a fixed order at the end of the chunk: the sums depend neither
-# on the thread count nor on how the chunks are grouped.
+# on the thread count nor on how the chunks are grouped. The lanes and the block's
+# terms are rows of the caller's scratch (``Workspace.scratch``), one row per
+# iteration of the outer loop: the loop allocates nothing.
 _CPU_LANES = """
                 param_c = param[first:first + count]
                 grad_c = grad[first:first + count]
@@ -373,20 +404,25 @@ class SegmentedKernel:
         out += [term.format(k=k) for k in range(self.num_terms)]
         return ", ".join(out) + ("," if len(out) == 1 else "")
 
-    def _cpu(self, parallel: bool, strided: bool = True):
+    def cpu_source(self, parallel: bool, strided: bool = True) -> tuple[str, str]:
+        """The name and the generated source of a CPU loop (see ``serial`` and co.)."""
         suffix = ("parallel" if parallel else "serial") + ("" if strided else "_contiguous")
         name = f"{self.name}_segmented_{suffix}_{_SOURCE_HASH}"
         pieces = self._pieces()
-        # per group of chunks (one prange iteration): the lanes and the block's terms
+        # per group of chunks (one prange iteration): its rows of the lanes and terms
         scratch = "; ".join(
-            f"lanes{k} = np.empty({LANES}); terms{k} = np.empty({LANES}, scalars.dtype)"
+            f"lanes{k} = scratch_lanes[group, {k}]; terms{k} = scratch_terms[group, {k}]"
             for k in range(self.num_terms)
         ) or "pass"
         source = _CPU_TEMPLATE.format(name=name, range="prange" if parallel else "range",
                                       contiguous=self._contiguous(pieces), scratch=scratch,
                                       strided=(_CPU_STRIDED if strided else _CPU_NO_STRIDED)
                                       .format(**pieces), **pieces)
-        fn = self._build(source, name, {"np": np})
+        return name, source
+
+    def _cpu(self, parallel: bool, strided: bool = True):
+        name, source = self.cpu_source(parallel, strided)
+        fn = self._build(source, name, {})
         return njit(cache=True, error_model="numpy", parallel=parallel,
                     fastmath=_FASTMATH, no_cfunc_wrapper=True)(fn)  # as in _jit.Kernel._cpu
 
@@ -435,9 +471,123 @@ class SegmentedKernel:
 
 
 # --------------------------------------------------------------------- run
+class Workspace:
+    """The buffers of one segmented pass over one group, reused step after step.
+
+    :func:`workspace` builds it on the first run of a kernel over a segment table
+    (again if the group's dtype or device is another) and keeps it on the table; a
+    group's tables are built once, and new ones (with new workspaces) when its
+    layout changes, e.g. ND-Adam's ``axis`` edited through ``param_groups``.
+
+    Attributes
+    ----------
+    values
+        ``(num_segments, len(kernel.segment_names))``, buffer dtype: the segment
+        values the kernel reads. A caller may write them here and pass this very
+        array to :func:`run` (then nothing is copied).
+    scalars
+        The rule's scalars in the buffer dtype, packed by :func:`run`.
+    sums
+        ``(num_chunks, num_terms)`` float64: the per-chunk sums the kernel writes.
+    totals
+        ``(num_segments, num_terms)`` float64: the per-segment totals (``sums``
+        itself when every segment is one chunk). :func:`run` returns it; it holds
+        until this pass runs again.
+    """
+
+    __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
+                 "_pack", "_scalar_bytes", "_rows", "_lanes", "_terms", "_grad_source",
+                 "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
+
+    def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
+                 device: str, offsets: np.ndarray) -> None:
+        self.kernel, self.dtype, self.device = kernel, np.dtype(dtype), device
+        num_terms = kernel.num_terms
+        self.values = np.zeros((max(segments.num_segments, 1), len(kernel.segment_names)),
+                               dtype=self.dtype)
+        self.scalars = np.empty(len(kernel.scalar_names), dtype=self.dtype)
+        # struct rounds float64 -> float32 to nearest, as NumPy's cast (see ``pack``)
+        code = "f" if self.dtype == np.float32 else "d"
+        self._pack = struct.Struct(f"{len(kernel.scalar_names)}{code}").pack_into
+        self._scalar_bytes = memoryview(self.scalars).cast("B")
+        if device == "cuda":  # the host copy of the device's sums (at least one column)
+            self._host_sums = np.empty((segments.num_chunks, max(num_terms, 1)))
+            self.sums = self._host_sums[:, :num_terms]
+        else:
+            self._host_sums = None
+            self.sums = np.empty((segments.num_chunks, num_terms))
+        self.totals = (self.sums if segments.one_to_one
+                       else np.zeros((segments.num_segments, num_terms)))
+        self._rows = 0
+        self._lanes = np.empty((0, num_terms, LANES))
+        self._terms = np.empty((0, num_terms, LANES), dtype=self.dtype)
+        self._grad_source: Any = None
+        self._offset_bytes = offsets[:-1] * self.dtype.itemsize
+        self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
+        self._device_buffers: Any = None
+
+    def pack(self, scalars: Sequence[float]) -> None:
+        """Write ``scalars`` into :attr:`scalars`, cast to the buffer dtype."""
+        try:
+            self._pack(self._scalar_bytes, 0, *scalars)
+        except (OverflowError, struct.error, TypeError):
+            # beyond float32's range (NumPy casts to inf), or not numbers: NumPy decides
+            args = np.array(scalars, dtype=self.dtype)
+            if args.shape != self.scalars.shape:
+                raise ValueError(f"{self.kernel.name}: expected {self.scalars.shape[0]} "
+                                 f"scalars, got {args.shape[0] if args.ndim else args}") from None
+            self.scalars[:] = args
+
+    def scratch(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The CPU loops' scratch for ``rows`` outer iterations: ``(rows, num_terms,
+        LANES)`` float64 lanes and buffer-dtype terms (row ``i`` is iteration ``i``'s).
+
+        Grown when more rows are asked for (the count follows the thread count, see
+        :meth:`Segments.per_group`), never shrunk.
+        """
+        if rows > self._rows:
+            shape = (rows, self.kernel.num_terms, LANES)
+            self._lanes = np.empty(shape)
+            self._terms = np.empty(shape, dtype=self.dtype)
+            self._rows = rows
+        return self._lanes, self._terms
+
+    def grad_addresses(self, source: np.ndarray) -> np.ndarray:
+        """The address of each parameter's gradient in the flat array ``source``.
+
+        Computed when ``source`` is another array than last time; the array is held,
+        so its address stays valid (NumPy refuses to resize a referenced array).
+        """
+        if source is not self._grad_source:
+            np.add(self._offset_bytes, _cpu.address_of(source), out=self._grad_addresses)
+            self._grad_source = source
+        return self._grad_addresses
+
+    def device_buffers(self) -> tuple[Any, Any]:
+        """The segment values and the per-chunk sums on the GPU (allocated once)."""
+        if self._device_buffers is None:
+            from numba import cuda
+
+            self._device_buffers = (cuda.to_device(self.values),
+                                    cuda.device_array(self._host_sums.shape))
+        return self._device_buffers
+
+
+def workspace(kernel: SegmentedKernel, group: Any, segments: Segments) -> Workspace:
+    """The :class:`Workspace` of ``kernel`` over ``segments`` (built on first use)."""
+    ws = segments._workspaces.get(kernel)
+    if ws is None or ws.dtype != group.dtype or ws.device != group.device:
+        ws = segments._workspaces[kernel] = Workspace(kernel, segments, group.dtype,
+                                                      group.device, group.offsets)
+    return ws
+
+
 def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         segment_values: np.ndarray | None, scalars: Sequence[float]) -> np.ndarray:
     """Run one segmented pass over a param group; return the per-segment totals.
+
+    Nothing is allocated on the CPU once the pass has run before (see
+    :class:`Workspace`).
 
     Parameters
     ----------
@@ -454,47 +604,57 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         The group's segments.
     segment_values
         ``(num_segments, len(kernel.segment_names))`` values (cast to the buffer
-        dtype here), or None when the rule takes none.
+        dtype here), or None when the rule takes none; ``workspace(...).values``
+        itself is used as it is.
     scalars
         The rule's scalars (cast to the buffer dtype here).
 
     Returns
     -------
     numpy.ndarray
-        ``(num_segments, kernel.num_terms)`` float64 totals of the returned terms.
+        ``(num_segments, kernel.num_terms)`` float64 totals of the returned terms:
+        the workspace's :attr:`Workspace.totals`, overwritten by the pass's next run.
     """
-    dtype = group.dtype
-    n_values = len(kernel.segment_names)
-    if segment_values is None:
-        values = np.zeros((max(segments.num_segments, 1), n_values), dtype=dtype)
-    else:
-        values = np.ascontiguousarray(segment_values, dtype=dtype).reshape(-1, n_values)
-    args = np.array(scalars, dtype=dtype)
-    if args.shape != (len(kernel.scalar_names),):
-        raise ValueError(f"{kernel.name}: expected {len(kernel.scalar_names)} scalars, "
-                         f"got {args.shape[0]}")
-    states = tuple(group.state[name] for name in kernel.state_names)
+    ws = workspace(kernel, group, segments)
+    ws.pack(scalars)
     if segments.num_chunks == 0:
-        return np.zeros((segments.num_segments, kernel.num_terms))
+        ws.totals.fill(0.0)
+        return ws.totals
+    values = ws.values
+    if segment_values is not values:
+        if segment_values is None:
+            if kernel.segment_names:
+                values.fill(0)
+        elif type(segment_values) is np.ndarray and segment_values.shape == values.shape:
+            np.copyto(values, segment_values, casting="unsafe")
+        else:
+            given = np.reshape(np.asarray(segment_values), (-1, values.shape[1]))
+            if given.shape != values.shape:
+                raise ValueError(f"{kernel.name}: expected {values.shape[0]} rows of segment "
+                                 f"values, got {given.shape[0]}")
+            np.copyto(values, given, casting="unsafe")
+    states = tuple(group.state[name] for name in kernel.state_names)
     if group.device == "cuda":
-        sums = _run_cuda(kernel, group, source, segments, values, states, args)
+        _run_cuda(kernel, group, source, segments, ws, states)
     else:
-        sums = np.empty((segments.num_chunks, kernel.num_terms))
         param_addresses = group.param_addresses
         if isinstance(source, str):  # "params": no gradient is read
             grad_addresses = param_addresses
         elif source is None:
             grad_addresses = group.grad_addresses
         else:
-            grad_addresses = _cpu.address_of(source) + group.offsets[:-1] * dtype.itemsize
-        parallel = group.numel >= config.parallel_threshold and segments.num_chunks > 1
+            grad_addresses = ws.grad_addresses(source)
+        num_chunks = segments.num_chunks
+        parallel = group.numel >= config.parallel_threshold and num_chunks > 1
         if segments.contiguous:
             loop = kernel.contiguous_parallel if parallel else kernel.contiguous_serial
         else:
             loop = kernel.parallel if parallel else kernel.serial
-        loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, sums,
-             *states, args, segments.per_group(parallel))
-    return segments.totals(sums)
+        per_group = segments.per_group(parallel)
+        lanes, terms = ws.scratch(-(-num_chunks // per_group))
+        loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, ws.sums,
+             *states, ws.scalars, per_group, lanes, terms)
+    return segments.totals(ws.sums, ws.totals)
 
 
 def _grid(rows: int) -> tuple[int, int]:
@@ -508,14 +668,15 @@ def _grid(rows: int) -> tuple[int, int]:
     return max(blocks, 1), threads
 
 
-def _run_cuda(kernel, group, source, segments, values, states, args) -> np.ndarray:
-    from numba import cuda
-
+def _run_cuda(kernel, group, source, segments, ws: Workspace, states) -> None:
+    """The pass on the GPU, into the workspace's device buffers; the sums are copied
+    into ``ws.sums`` (a launch still allocates numba's small argument objects)."""
     fn = kernel.cuda
     chunks = segments.device_chunks()
-    d_values = cuda.to_device(values)
-    d_sums = cuda.device_array((segments.num_chunks, max(kernel.num_terms, 1)))
-    scalars = tuple(args)
+    d_values, d_sums = ws.device_buffers()
+    if kernel.segment_names:
+        d_values.copy_to_device(ws.values)
+    scalars = tuple(ws.scalars)
     if group.flat is not None and not isinstance(source, list):
         data = group.flat.data
         grad = data if isinstance(source, str) else source
@@ -533,4 +694,4 @@ def _run_cuda(kernel, group, source, segments, values, states, args) -> np.ndarr
             blocks, threads = _grid(r1 - r0)
             fn[blocks, threads](flat_p, grad, *(s[start:stop] for s in states), chunks[r0:r1],
                                 _FIRST, d_values, d_sums[r0:r1], *scalars)
-    return d_sums.copy_to_host()[:, : kernel.num_terms]
+    d_sums.copy_to_host(ws._host_sums)

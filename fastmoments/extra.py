@@ -27,11 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from . import _rules
 from ._base import Group, _is_number
 from ._jit import Kernel
-from ._segmented import SegmentedKernel, Segments, run, whole_tensors
+from ._segmented import SegmentedKernel, Segments, run, whole_tensors, workspace
 from .flat import FlatParams
 from .optimizers import _Checked
 
@@ -257,7 +258,7 @@ class LAMB(_MultiPass):
     torch-optimizer's adds eps after bias correcting :math:`m` only. Two passes over
     the buffer: the moments and the two squared norms per tensor, then the step
     (:math:`r_t` recomputed, bit for bit). :attr:`trust_ratios` keeps the last
-    step's ratios.
+    step's ratios (one array per group, updated in place by each step).
 
     References
     ----------
@@ -270,7 +271,8 @@ class LAMB(_MultiPass):
                  **options: Any) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), **options)
-        self.trust_ratios: list[np.ndarray] = [np.ones(len(g.params)) for g in self._groups]
+        self._trust = [np.ones(len(g.params)) for g in self._groups]
+        self.trust_ratios: list[np.ndarray] = list(self._trust)
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         beta1, beta2 = hyper["betas"]
@@ -285,15 +287,29 @@ class LAMB(_MultiPass):
         (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps,
          weight_decay, lr) = scalars
         segments = _whole(self, group)
-        norms = np.sqrt(run(_LAMB_MOMENTS, group, source, segments, None,
-                            (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
-                             inv_bc1, inv_bc2, eps, weight_decay)))
-        param_norm, direction_norm = norms[:, 0], norms[:, 1]
-        both = (param_norm > 0) & (direction_norm > 0)
-        trust = np.where(both, param_norm / np.where(both, direction_norm, 1.0), 1.0)
-        self.trust_ratios[self._groups.index(group)] = trust
-        run(_LAMB_APPLY, group, source, segments, (lr * trust)[:, None],
-            (inv_bc1, inv_bc2, eps, weight_decay))
+        squares = run(_LAMB_MOMENTS, group, source, segments, None,
+                      (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
+                       inv_bc1, inv_bc2, eps, weight_decay))
+        k = self._groups.index(group)
+        trust = self._trust[k]
+        steps = workspace(_LAMB_APPLY, group, segments).values
+        _lamb_trust(squares, lr, trust, steps)
+        self.trust_ratios[k] = trust
+        run(_LAMB_APPLY, group, source, segments, steps, (inv_bc1, inv_bc2, eps, weight_decay))
+
+
+@njit(cache=True, error_model="numpy")
+def _lamb_trust(squares, lr, trust, steps):
+    """Trust ratios ``||theta|| / ||r||`` (1 where either is 0) and the step sizes
+    ``lr * trust`` (cast to the buffer dtype) from the squared norms per tensor."""
+    for i in range(squares.shape[0]):
+        param_norm = np.sqrt(squares[i, 0])
+        direction_norm = np.sqrt(squares[i, 1])
+        ratio = 1.0
+        if param_norm > 0 and direction_norm > 0:
+            ratio = param_norm / direction_norm
+        trust[i] = ratio
+        steps[i, 0] = lr * ratio
 
 
 # ----------------------------------------------------------------- ND-Adam
@@ -407,8 +423,9 @@ class NDAdam(_MultiPass):
         return _segments(self, group, ("nd", axis), build)
 
     def _normalize(self, group: Group, vectors: Segments) -> None:
-        norm = np.sqrt(run(_SQUARE, group, "params", vectors, None, ())[:, 0])
-        run(_DIVIDE, group, "params", vectors, np.where(norm > 0, norm, 1.0)[:, None], ())
+        divisors = workspace(_DIVIDE, group, vectors).values
+        _divisors(run(_SQUARE, group, "params", vectors, None, ()), divisors)
+        run(_DIVIDE, group, "params", vectors, divisors, ())
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         beta1, beta2 = hyper["betas"]
@@ -441,8 +458,18 @@ class NDAdam(_MultiPass):
                           (grad_mult, clip_value, one_minus_beta1))
         w_bar_sq = run(_ND_STEP, group, source, vectors, grad_bar_sq,
                        (beta2, one_minus_beta2, step_size, inv_bc2, eps))
-        norm = np.sqrt(w_bar_sq[:, 0])
-        run(_DIVIDE, group, "params", vectors, np.where(norm > 0, norm, 1.0)[:, None], ())
+        divisors = workspace(_DIVIDE, group, vectors).values
+        _divisors(w_bar_sq, divisors)
+        run(_DIVIDE, group, "params", vectors, divisors, ())
+
+
+@njit(cache=True, error_model="numpy")
+def _divisors(squares, divisors):
+    """The norm of each vector from its squared norm (1 where it is not > 0), cast
+    to the buffer dtype."""
+    for i in range(squares.shape[0]):
+        norm = np.sqrt(squares[i, 0])
+        divisors[i, 0] = norm if norm > 0 else 1.0
 
 
 # ------------------------------------------------------------------- SWATS
@@ -525,7 +552,7 @@ class SWATS(_MultiPass):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize,
                                       switch_tol=switch_tol), **options)
-        self._dots = np.zeros(2)
+        self._dots = np.zeros(2)  # p.g and p.p of this step, over every group
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"switched": 0.0, "switch_step": 0.0, "lambda": 0.0, "sgd_lr": 0.0,
@@ -548,7 +575,7 @@ class SWATS(_MultiPass):
 
         Parameters and return value as :meth:`fastmoments.Adam.step`.
         """
-        self._dots = np.zeros(2)
+        self._dots.fill(0.0)
         was_switched = self.switched
         norm = super().step(grads, grad_scale=grad_scale)
         if not was_switched and not self.last_step_skipped:
@@ -595,7 +622,17 @@ class SWATS(_MultiPass):
             return
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
-        self._dots += run(_SWATS_ADAM, group, source, segments, None, args).sum(axis=0)
+        _add_column_sums(run(_SWATS_ADAM, group, source, segments, None, args), self._dots)
+
+
+@njit(cache=True, error_model="numpy")
+def _add_column_sums(totals, out):
+    """``out += totals.sum(axis=0)``: the rows added in order, as NumPy adds them."""
+    for k in range(totals.shape[1]):
+        column = totals[0, k] if totals.shape[0] else 0.0
+        for i in range(1, totals.shape[0]):
+            column += totals[i, k]
+        out[k] += column
 
 
 # -------------------------------------------------------------------- Yogi

@@ -3,6 +3,9 @@ amsgrad_bias_correction / eps_root against the NumPy reference, across every pat
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 import numpy as np
 import pytest
 import reference
@@ -254,6 +257,120 @@ def test_lamb_trust_ratios_and_long_tensors(monkeypatch):
     for x, y in zip(a, ref, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
     assert opt.trust_ratios[0].shape == (4,) and opt.trust_ratios[0][2] == 1.0
+
+
+# ------------------------------------------------------ allocations per step
+#: the multi-pass rules in each of their modes: (class name, keyword arguments, switched)
+MULTI_PASS_MODES = [
+    ("LAMB", dict(lr=0.01, weight_decay=0.1), None),
+    ("NDAdam", dict(lr=0.01), None),  # rows: contiguous vectors (and Adam for the 1-D one)
+    ("NDAdam", dict(lr=0.01, axis=0), None),  # columns: strided vectors
+    ("NDAdam", dict(lr=0.01, axis=(-2, -1)), None),  # whole matrices as vectors
+    ("SWATS", dict(lr=0.01, switch_tol=0.0), False),  # the Adam phase (never switches)
+    ("SWATS", dict(lr=0.01, switch_tol=1e9), True),  # SGD from step 3 on
+]
+#: traced bytes a step may hold at once: numba's boxing of one loop call's arguments
+#: (~48 bytes per array) and Python's tuples; per-chunk NumPy arrays (before the
+#: workspaces, several KiB with the tables below) do not fit
+STEP_BYTES = 2048
+
+
+def _step_peak(step) -> int:
+    """The most bytes (traced by tracemalloc, NumPy's data included) held at once
+    during ``step()`` beyond those held before it."""
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        step()  # once more under tracing
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        step()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+@pytest.mark.parametrize("threshold", [None, 1], ids=["serial", "parallel"])
+@pytest.mark.parametrize("path", ["flat", "list"])
+@pytest.mark.parametrize("mode", MULTI_PASS_MODES,
+                         ids=[case_id(m[:2]) for m in MULTI_PASS_MODES])
+def test_multi_pass_step_allocates_nothing(mode, path, threshold, monkeypatch):
+    import fastmoments._segmented as seg
+
+    name, kwargs, switched = mode
+    monkeypatch.setattr(seg, "CHUNK", 8)  # hundreds of chunks, several per segment
+    if threshold is not None:
+        monkeypatch.setattr(fm.config, "parallel_threshold", threshold)
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(40, 36), (50,), (5, 4, 3)]]
+    grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+    if path == "flat":
+        flat = fm.FlatParams(params)
+        for view, g in zip(flat.grads, grads, strict=True):
+            view[...] = g
+        opt = make(name)(flat, **kwargs)
+        step = opt.step
+    else:
+        opt = make(name)(params, **kwargs)
+
+        def step():
+            opt.step(grads)
+
+    for _ in range(4):
+        step()
+    if switched is not None:
+        assert opt.switched == switched
+    before = opt.state_dict()["state"]
+    peak = _step_peak(step)
+    assert peak <= STEP_BYTES, f"{name} step held {peak} bytes"
+    after = opt.state_dict()["state"]
+    assert any(not np.array_equal(after[0][k], v) for k, v in before[0].items())
+    # a param_groups edit rebuilds the group's kernel and state (allocating once)
+    opt.param_groups[0]["eps"] = 1e-5
+    step()
+    assert _step_peak(step) <= STEP_BYTES
+
+
+def test_segmented_cpu_loops_allocate_no_scratch():
+    kernels = [k for k in vars(extra).values() if isinstance(k, extra.SegmentedKernel)]
+    assert len(kernels) >= 10
+    for kernel in kernels:
+        for parallel in (False, True):
+            for strided in (False, True):
+                name, source = kernel.cpu_source(parallel, strided)
+                assert name in source
+                assert "np." not in source  # no np.empty / np.zeros inside the loops
+                if kernel.num_terms:
+                    assert "scratch_lanes[group, 0]" in source
+
+
+def test_segmented_scratch_follows_the_thread_count(monkeypatch):
+    import numba
+
+    import fastmoments._segmented as seg
+
+    monkeypatch.setattr(seg, "CHUNK", 8)
+    params, grad = problem(shapes=[(40, 36), (50,), (5, 4, 3)], steps=6)
+    serial = [p.copy() for p in params]
+    run_fm("LAMB", dict(lr=0.01), serial, grad, steps=6)
+    monkeypatch.setattr(fm.config, "parallel_threshold", 1)
+    mine = [p.copy() for p in params]
+    opt = extra.LAMB(mine, lr=0.01)
+    threads = numba.get_num_threads()
+    try:
+        for t in range(6):  # one thread, then all of them: more rows of scratch
+            numba.set_num_threads(1 if t < 3 else threads)
+            opt.step(grad(mine, t))
+            segments = extra._whole(opt, opt._groups[0])
+            ws = seg.workspace(extra._LAMB_MOMENTS, opt._groups[0], segments)
+            per_group = segments.per_group(True)
+            assert ws.scratch(1)[0].shape[0] >= -(-segments.num_chunks // per_group)
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(mine, serial, strict=True):
+        np.testing.assert_array_equal(a, b)  # the thread count changes no sum
 
 
 def test_lion_moves_every_coordinate_by_lr():
