@@ -22,7 +22,9 @@ Scenarios:
 
 With --compare torch, torch.optim rows (fused=True, foreach=True; --torch-impls)
 and an in-place NumPy Adam/AdamW are added; "x fused" is torch fused time divided by
-fastmoments time (for --tiny/--many against torch with one tensor per array).
+fastmoments time (for --tiny/--many against torch with one tensor per array), both
+timed in the same rounds (torch fused runs alongside each fastmoments row and its
+ceiling), so that a drift of the machine between rows does not enter the ratio.
 
 Examples:
   fastmoments bench                                  every rule, 1e6 and 1e7, float32
@@ -527,7 +529,8 @@ def numpy_case(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",
 # ----------------------------------------------------------------- timing
 @dataclass
 class Timing:
-    """Seconds per call: the minimum and the median over ``repeats`` timed calls."""
+    """Seconds per call: the minimum and the median over ``repeats`` samples (one per
+    round of :func:`time_steps`: a call, or the mean call of a block of short ones)."""
 
     min: float
     median: float
@@ -535,20 +538,32 @@ class Timing:
 
 
 def time_steps(cases: Sequence[Case], budget: float = 0.5, warmup: int = 2,
-               min_repeats: int = 5, max_repeats: int = 100_000) -> list[Timing]:
-    """Time several cases' ``step`` calls interleaved (one of each per round).
+               min_repeats: int = 5, max_repeats: int = 100_000,
+               block: float = 200e-6) -> list[Timing]:
+    """Time several cases' ``step`` calls interleaved (one block of each per round).
 
     After ``warmup`` untimed calls of each (compilation), rounds are timed until
     ``budget`` seconds have been spent and at least ``min_repeats`` rounds were made;
-    every call is synchronized and timed alone, the garbage collector is off. Cases
-    timed together see the same machine: a rule and its ceiling measured this way
-    give a fraction that another process's load cannot inflate.
+    the garbage collector is off. In a round each case runs a block of consecutive
+    calls (synchronized at its end) lasting about ``block`` seconds, and the block's
+    time per call is one sample: a call of ``block`` or more is a block of one
+    (every call timed alone), a 2 us call a block of about 100 (so that the calls of
+    another case, e.g. torch's 30 us step, do not evict its code and data between
+    two of its calls: each case is timed in its own hot loop, as ``timeit`` does).
+    Cases timed together see the same machine over the same seconds: a rule and its
+    ceiling measured this way give a fraction that another process's load, or this
+    machine's drift, cannot inflate. Returns the minimum and the median of the samples.
     """
+    clock = time.perf_counter
+    calls = []
     for case in cases:
         for _ in range(warmup):
             case.step()
         case.sync()
-    clock = time.perf_counter
+        t0 = clock()
+        case.step()
+        case.sync()
+        calls.append(max(1, min(10_000, int(block / max(clock() - t0, 1e-9)))))
     times: list[list[float]] = [[] for _ in cases]
     enabled = gc.isenabled()
     gc.disable()
@@ -556,11 +571,13 @@ def time_steps(cases: Sequence[Case], budget: float = 0.5, warmup: int = 2,
         rounds = 0
         deadline = clock() + budget
         while rounds < min_repeats or (clock() < deadline and rounds < max_repeats):
-            for case, out in zip(cases, times, strict=True):
+            for case, out, count in zip(cases, times, calls, strict=True):
+                step = case.step
                 t0 = clock()
-                case.step()
+                for _ in range(count):
+                    step()
                 case.sync()
-                out.append(clock() - t0)
+                out.append((clock() - t0) / count)
             rounds += 1
     finally:
         if enabled:
@@ -872,8 +889,14 @@ class _Runner:
         }
 
     def _measure(self, build: Callable[[], Case], scenario: str, impl: str, rule: str | None,
-                 path: str, size: int, dtype: str, threads: int | None) -> None:
-        """Time one case interleaved with its ceiling; record both."""
+                 path: str, size: int, dtype: str, threads: int | None,
+                 alongside: Callable[[], Case] | None = None) -> None:
+        """Time one case interleaved with its ceiling; record both.
+
+        ``alongside``: torch's fused optimizer on the same problem, timed in the same
+        rounds; the row's "x fused" is then the ratio of two minimums taken under the
+        same machine state (this VM's speed drifts between jobs a minute apart).
+        """
         self._set_threads(threads)
         try:
             case = build()
@@ -881,7 +904,14 @@ class _Runner:
             self.notes.append(f"skipped: {exc}")
             return
         ceiling = ceiling_for(case, self.args.backend)
-        mine, best = time_steps([case, ceiling], self.args.budget)
+        cases = [case, ceiling]
+        if alongside is not None:
+            try:
+                cases.append(alongside())
+            except NotImplementedError:  # torch has no fused version of this rule
+                pass
+        timings = time_steps(cases, self.args.budget)
+        mine, best = timings[0], timings[1]
         if case.current_passes is not None and case.current_passes() != case.traffic_passes:
             raise RuntimeError(f"{impl} {rule} {path} {size}: the traffic of a step changed "
                                "while it was timed (e.g. SWATS switched phase)")
@@ -891,8 +921,11 @@ class _Runner:
         # the fraction of the ceiling timed alongside (same cache and machine state)
         row["ceiling_gbps"] = ceiling.bytes_per_step / best.min / 1e9
         row["fraction"] = row["gbps"] / row["ceiling_gbps"]
+        if len(timings) == 3:
+            row["torch_fused_alongside_s"] = timings[2].min
+            row["speedup_vs_torch_fused"] = timings[2].min / mine.min
         self.rows.append(row)
-        del case, ceiling
+        del case, ceiling, cases
 
     def _record_ceiling(self, key: tuple, scenario: str, case: Case, timing: Timing) -> None:
         # the ceiling of a traffic/size/dtype/threads: the best of all its measurements
@@ -927,11 +960,20 @@ class _Runner:
             where = f"{_fmt_size(size)} {dtype} t{threads}"
             for rule in a.rules:
                 for path in paths:
+                    # torch fused on the same problem (for --tiny / --many: the user's
+                    # list of tensors), timed alongside for the "x fused" column
+                    fused_path = path if scenario == "sizes" else "list"
+                    alongside = (
+                        (lambda rule=rule, fused_path=fused_path: torch_case(
+                            rule, "fused", size, dtype, fused_path, chunk, a.backend))
+                        if "fused" in torch_impls else None
+                    )
                     self.jobs.append(_Job(
                         f"{rule} {path} {where}",
-                        lambda rule=rule, path=path: self._measure(
+                        lambda rule=rule, path=path, alongside=alongside: self._measure(
                             lambda: fastmoments_case(rule, size, dtype, path, chunk, a.backend),
-                            scenario, "fastmoments", rule, path, size, dtype, threads)))
+                            scenario, "fastmoments", rule, path, size, dtype, threads,
+                            alongside)))
                 for impl in torch_impls:
                     for path in torch_paths:
                         self.jobs.append(_Job(
@@ -1049,14 +1091,15 @@ class _Runner:
         self._speedups()
 
     def _speedups(self) -> None:
-        # torch fused of the same case; --tiny / --many against torch's list of tensors
+        # torch fused of the same case; --tiny / --many against torch's list of tensors.
+        # Rows that timed it alongside (see _measure) keep that ratio.
         fused = {}
         for r in self.rows:
             if r["impl"] == "torch-fused":
                 fused[(r["scenario"], r["rule"], r["path"], r["size"], r["dtype"],
                        r["threads"])] = r
         for r in self.rows:
-            if r["impl"] != "fastmoments":
+            if r["impl"] != "fastmoments" or "torch_fused_alongside_s" in r:
                 continue
             path = r["path"] if r["scenario"] == "sizes" else "list"
             ref = fused.get((r["scenario"], r["rule"], path, r["size"], r["dtype"],

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,6 +25,28 @@ def _run_json(capsys, *argv):
 
 def _positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_time_steps_blocks_short_calls():
+    """A short call is timed in blocks of consecutive calls (its own hot loop), a long
+    one alone; every case gets one sample per round."""
+    counts = {"short": 0, "long": 0}
+
+    def short():
+        counts["short"] += 1
+
+    def long():
+        counts["long"] += 1
+        end = time.perf_counter() + 300e-6
+        while time.perf_counter() < end:
+            pass
+
+    cases = [bench.Case(short, 0, 10, 4, 1), bench.Case(long, 0, 10, 4, 1)]
+    fast, slow = bench.time_steps(cases, budget=0.0, warmup=1, min_repeats=5)
+    assert fast.repeats == slow.repeats == 5
+    assert counts["long"] == 1 + 1 + 5  # warm-up, estimate, one call per round
+    assert counts["short"] > 1 + 1 + 5 * 10  # blocks of many calls
+    assert 0 < fast.min <= fast.median < slow.min
 
 
 def test_traffic_and_chunks():
@@ -147,6 +170,9 @@ def test_json_results(capsys):
     impls = {r["impl"] for r in rows}
     assert {"ceiling", "fastmoments", "torch-fused", "torch-foreach", "numpy"} <= impls
     assert all(_positive(r["speedup_vs_torch_fused"]) for r in mine)
+    # "x fused" is the ratio to torch fused timed in the same rounds as the row
+    for r in mine:
+        assert r["speedup_vs_torch_fused"] == r["torch_fused_alongside_s"] / r["time_min_s"]
     assert doc["targets"] and all(isinstance(t["met"], bool) for t in doc["targets"])
 
 
