@@ -109,7 +109,9 @@ def adadelta(param, grad, square_avg, acc_delta, grad_mult, clip_value, weight_d
              one_minus_rho, eps):
     g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
     sq = rho * square_avg + one_minus_rho * (g * g)
-    delta = math.sqrt(acc_delta + eps) / math.sqrt(sq + eps) * g
+    # torch: sqrt(acc_delta + eps) / sqrt(sq + eps) * g; one square root instead of two
+    # (the same value to round-off, and the loop is bound by these operations in cache)
+    delta = math.sqrt((acc_delta + eps) / (sq + eps)) * g
     acc = rho * acc_delta + one_minus_rho * (delta * delta)
     return param - lr * delta, sq, acc
 
@@ -160,7 +162,9 @@ def nadam(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay,
     v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
     denom = math.sqrt(v * inv_bias_correction2) + eps
     p = param * decay_factor
-    return p - grad_coef * (g / denom) - exp_avg_coef * (m / denom), m, v
+    # torch: p - grad_coef * g / denom - exp_avg_coef * m / denom; one division instead
+    # of two (the same value to round-off, and the loop is bound by the divisions in cache)
+    return p - (grad_coef * g + exp_avg_coef * m) / denom, m, v
 
 
 # ------------------------------------------------------------------- RAdam
