@@ -66,7 +66,7 @@ class Group:
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
         "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls", "plain",
-        "values", "params_entry",
+        "values", "params_entry", "layouts",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -124,6 +124,9 @@ class Group:
         # lookup and table write are skipped. Holding the reference also keeps that
         # address valid: NumPy refuses to resize (reallocate) an array referenced here.
         self.grad_objects: list[Any] = [None] * len(params)
+        # (shape, strides) of each parameter, what a gradient on the list path must
+        # have (read once here: ``p.shape`` builds a new tuple on every access)
+        self.layouts = [(p.shape, p.strides) for p in params]
         # per CPU loop: (source, callee, overload, arguments) of its last call;
         # see _run and _callee
         self.calls: dict[Any, tuple] = {}
@@ -443,7 +446,8 @@ class Optimizer:
             pairs = self._flat_pairs
         else:
             sources = self._collect(grads)
-            pairs = zip(self._groups, sources)
+            groups = self._groups
+            pairs = ((groups[0], sources[0]),) if len(groups) == 1 else zip(groups, sources)
         for group in self._groups:
             if group.hyper.dirty:
                 self._revalidate()
@@ -528,14 +532,14 @@ class Optimizer:
             objects = group.grad_objects
             address_of = _cpu.address_of
             j = 0
-            for g, p in zip(mine, group.params):
+            for g, (shape, strides) in zip(mine, group.layouts):
                 if (
                     type(g) is not np.ndarray
                     or g.dtype is not dtype
-                    or g.shape != p.shape
-                    or g.strides != p.strides
+                    or g.shape != shape
+                    or g.strides != strides
                 ):
-                    g = self._check_grad(g, group, j, p.shape, f"grads[{base + j}]")
+                    g = self._check_grad(g, group, j, shape, f"grads[{base + j}]")
                 if g is not objects[j]:  # a new array: record its address
                     addresses[j] = address_of(g)
                     objects[j] = g
