@@ -1088,24 +1088,6 @@ class _Runner:
             progress.close()
             numba.set_num_threads(saved_threads)
         self._finish()
-        self._speedups()
-
-    def _speedups(self) -> None:
-        # torch fused of the same case; --tiny / --many against torch's list of tensors.
-        # Rows that timed it alongside (see _measure) keep that ratio.
-        fused = {}
-        for r in self.rows:
-            if r["impl"] == "torch-fused":
-                fused[(r["scenario"], r["rule"], r["path"], r["size"], r["dtype"],
-                       r["threads"])] = r
-        for r in self.rows:
-            if r["impl"] != "fastmoments" or "torch_fused_alongside_s" in r:
-                continue
-            path = r["path"] if r["scenario"] == "sizes" else "list"
-            ref = fused.get((r["scenario"], r["rule"], path, r["size"], r["dtype"],
-                             r["threads"]))
-            if ref is not None:
-                r["speedup_vs_torch_fused"] = ref["time_min_s"] / r["time_min_s"]
 
 
 # ---------------------------------------------------------------- targets
