@@ -901,11 +901,7 @@ def _plain_variant(kernel: Kernel, scalars: tuple) -> Kernel | None:
     plain = kernel.plain
     if plain is None:
         return None
-    if kernel.scalar_names[:2] != ("grad_mult", "clip_value") or plain.fixed[:2] != (
-        "grad_mult", "clip_value"
-    ):  # pragma: no cover - every rule starts with these two
-        raise TypeError(f"{kernel!r}: a rule's scalars must start with grad_mult, clip_value")
-    rule_fixed = plain.fixed[2:]
+    rule_fixed = plain.fixed[2:]  # after grad_mult, clip_value (see Kernel)
     values = tuple(scalars[kernel.scalar_names.index(s)] for s in rule_fixed)
     return plain if values == tuple(NEUTRAL[s] for s in rule_fixed) else None
 

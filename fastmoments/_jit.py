@@ -157,6 +157,10 @@ class Kernel:
             raise TypeError(f"rule {self.name} must take ({expected}, ...)")
         self.state_names = tuple(state_names)
         self.scalar_names = tuple(args[2 + len(state_names) :])
+        # step() passes every rule its gradient multiplier and clipping bound first
+        if self.scalar_names[:2] != ("grad_mult", "clip_value"):
+            raise TypeError(f"rule {self.name}: its scalars must start with grad_mult, "
+                            "clip_value")
         self.fixed = tuple(fixed)
         self._tag = "_plain" if fixed else ""
 
