@@ -26,6 +26,9 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
+_LONE_SOURCES = (None,)  # step()'s sources for one group of host arrays (the list path)
+
+
 class ParamGroup(dict):
     """A param group: a plain dict of hyperparameters (and ``"params"``), as in torch.
 
@@ -258,6 +261,12 @@ class Optimizer:
         self._flat_pairs = (
             list(zip(self._groups, self._flat_grads)) if self._flat_grads is not None else None
         )
+        # the one group of host arrays, when that is all there is: step(list)'s short path
+        only = self._groups[0] if len(self._groups) == 1 else None
+        self._lone_list = (
+            only if only is not None and only.flat is None and only.device != "cuda" else None
+        )
+        self._lone_pairs = ((only, None),)
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}
@@ -444,6 +453,9 @@ class Optimizer:
         if grads is None and self._flat_grads is not None:  # FlatParams' own buffers
             sources = self._flat_grads
             pairs = self._flat_pairs
+        elif self._lone_list is not None and type(grads) is list:
+            sources = self._collect_lone(grads)
+            pairs = self._lone_pairs
         else:
             sources = self._collect(grads)
             groups = self._groups
@@ -546,6 +558,35 @@ class Optimizer:
                 j += 1
             sources.append(None)
         return sources
+
+    def _collect_lone(self, grads: list) -> tuple[None]:
+        """:meth:`_collect` for an optimizer whose only group is host arrays (the list
+        path): the same checks, without the per-group bookkeeping."""
+        group = self._lone_list
+        if len(grads) != self._num_params:
+            raise ValueError(
+                f"grads: expected {self._num_params} gradients (one per parameter), "
+                f"got {len(grads)}"
+            )
+        dtype = group.dtype
+        layouts = group.layouts
+        addresses = group.grad_addresses
+        objects = group.grad_objects
+        j = 0
+        for g in grads:
+            shape, strides = layouts[j]
+            if (
+                type(g) is not np.ndarray
+                or g.dtype is not dtype
+                or g.shape != shape
+                or g.strides != strides
+            ):
+                g = self._check_grad(g, group, j, shape, f"grads[{j}]")
+            if g is not objects[j]:  # a new array: record its address
+                addresses[j] = _cpu.address_of(g)
+                objects[j] = g
+            j += 1
+        return _LONE_SOURCES
 
     def _collect_other(self, grads: Any) -> list[Any]:
         """``grads`` given as None (FlatParams' own buffers) or as one flat array."""
