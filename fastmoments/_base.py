@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -536,38 +536,25 @@ class Optimizer:
                      for j, (g, p) in enumerate(zip(mine, group.params))]
                 )
                 continue
-            # The list path: validate each gradient (a fast identity/shape/stride test,
-            # the full check only when it fails) and write its address into the
-            # group's scratch table, which the multi-array loop reads.
-            dtype = group.dtype
-            addresses = group.grad_addresses
-            objects = group.grad_objects
-            address_of = _cpu.address_of
-            j = 0
-            for g, (shape, strides) in zip(mine, group.layouts):
-                if (
-                    type(g) is not np.ndarray
-                    or g.dtype is not dtype
-                    or g.shape != shape
-                    or g.strides != strides
-                ):
-                    g = self._check_grad(g, group, j, shape, f"grads[{base + j}]")
-                if g is not objects[j]:  # a new array: record its address
-                    addresses[j] = address_of(g)
-                    objects[j] = g
-                j += 1
+            self._record_host_grads(group, mine, base)
             sources.append(None)
         return sources
 
     def _collect_lone(self, grads: list) -> tuple[None]:
         """:meth:`_collect` for an optimizer whose only group is host arrays (the list
         path): the same checks, without the per-group bookkeeping."""
-        group = self._lone_list
         if len(grads) != self._num_params:
             raise ValueError(
                 f"grads: expected {self._num_params} gradients (one per parameter), "
                 f"got {len(grads)}"
             )
+        self._record_host_grads(self._lone_list, grads, 0)
+        return _LONE_SOURCES
+
+    def _record_host_grads(self, group: Group, grads: Sequence[Any], base: int) -> None:
+        """The list path: validate each gradient of ``group`` (a fast identity/shape/
+        stride test, the full check only when it fails) and write its address into the
+        group's table, which the multi-array loop reads."""
         dtype = group.dtype
         layouts = group.layouts
         addresses = group.grad_addresses
@@ -581,12 +568,11 @@ class Optimizer:
                 or g.shape != shape
                 or g.strides != strides
             ):
-                g = self._check_grad(g, group, j, shape, f"grads[{j}]")
+                g = self._check_grad(g, group, j, shape, f"grads[{base + j}]")
             if g is not objects[j]:  # a new array: record its address
                 addresses[j] = _cpu.address_of(g)
                 objects[j] = g
             j += 1
-        return _LONE_SOURCES
 
     def _collect_other(self, grads: Any) -> list[Any]:
         """``grads`` given as None (FlatParams' own buffers) or as one flat array."""
