@@ -453,8 +453,12 @@ class Optimizer:
         if grads is None and self._flat_grads is not None:  # FlatParams' own buffers
             sources = self._flat_grads
             pairs = self._flat_pairs
-        elif self._lone_list is not None and type(grads) is list:
-            sources = self._collect_lone(grads)
+        elif (
+            self._lone_list is not None and type(grads) is list
+            and len(grads) == self._num_params
+        ):  # the only group is host arrays: no per-group bookkeeping
+            self._record_host_grads(self._lone_list, grads, 0)
+            sources = _LONE_SOURCES
             pairs = self._lone_pairs
         else:
             sources = self._collect(grads)
@@ -539,17 +543,6 @@ class Optimizer:
             self._record_host_grads(group, mine, base)
             sources.append(None)
         return sources
-
-    def _collect_lone(self, grads: list) -> tuple[None]:
-        """:meth:`_collect` for an optimizer whose only group is host arrays (the list
-        path): the same checks, without the per-group bookkeeping."""
-        if len(grads) != self._num_params:
-            raise ValueError(
-                f"grads: expected {self._num_params} gradients (one per parameter), "
-                f"got {len(grads)}"
-            )
-        self._record_host_grads(self._lone_list, grads, 0)
-        return _LONE_SOURCES
 
     def _record_host_grads(self, group: Group, grads: Sequence[Any], base: int) -> None:
         """The list path: validate each gradient of ``group`` (a fast identity/shape/
