@@ -266,7 +266,7 @@ class Optimizer:
         self._lone_list = (
             only if only is not None and only.flat is None and only.device != "cuda" else None
         )
-        self._lone_pairs = ((only, None),)
+        self._lone_pairs = ((only, None),) if self._lone_list is not None else None
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}

@@ -239,8 +239,8 @@ _CPU_CONTIGUOUS = """
 # the terms of the block (in the buffer dtype), then a loop that adds them to the
 # lanes. Neither has a carried dependency, so LLVM's loop vectorizer turns both into
 # vector code (the rule's math at the full vector width of the buffer dtype); the last,
-# partial block goes through the same two loops (a scalar tail loop had cost SWATS
-# 35% of its time on chunks of 1000 elements). The
+# partial block goes through the same two loops (with a scalar loop for it, SWATS took
+# 1.0-1.3 ms per 1e6 elements in 1000-element tensors; 0.97 ms this way). The
 # lanes are added in a fixed order at the end of the chunk: the sums depend neither
 # on the thread count nor on how the chunks are grouped. The lanes and the block's
 # terms are rows of the caller's scratch (``Workspace.scratch``), one row per
