@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -313,12 +312,8 @@ class Optimizer:
         group.state = state
         group.states = tuple(state.values())
         group.kernel = kernel
-        group.scalars = np.empty(len(kernel.scalar_names), dtype=group.dtype)
-        # packing the per-step scalars with struct into the array's memory costs about
-        # half of ``scalars[:] = tuple`` (both round float64 -> float32 to nearest)
-        code = "f" if group.dtype == np.float32 else "d"
-        group.pack = struct.Struct(f"{len(kernel.scalar_names)}{code}").pack_into
-        group.scalar_bytes = memoryview(group.scalars).cast("B")
+        group.scalars, group.pack, group.scalar_bytes = _cpu.scalar_packer(
+            len(kernel.scalar_names), group.dtype)
         group.calls = {}  # new state buffers / scalars array: rebuild the cached calls
         group.plain = _UNDECIDED  # new hyperparameters: decided again on the next step
         # what step() passes to _scalars: a plain-dict copy of the hyperparameters (a

@@ -99,7 +99,8 @@ class Segments:
         # rows of the table per parameter (the table is in parameter order)
         tensors = self.chunks[:, _TENSOR]
         self.rows = np.searchsorted(tensors, np.arange(len(layouts) + 1), side="left")
-        self._one_to_one = one_to_one
+        #: every segment is exactly one chunk, in order (the sums are the totals)
+        self.one_to_one = one_to_one
         #: the segment of each chunk (what ``totals`` adds by)
         self.segment_of_chunk = np.ascontiguousarray(self.chunks[:, _SEGMENT])
         #: every chunk has stride 1 (the loops without a strided branch apply)
@@ -123,18 +124,13 @@ class Segments:
     def num_chunks(self) -> int:
         return int(self.chunks.shape[0])
 
-    @property
-    def one_to_one(self) -> bool:
-        """Every segment is exactly one chunk, in order (the sums are the totals)."""
-        return self._one_to_one
-
     def totals(self, sums: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Per-segment totals ``(num_segments, k)`` of per-chunk sums ``(num_chunks, k)``.
 
         The chunks of a segment are added in table order, from 0 (as ``np.bincount``
         with weights); into ``out`` when given (nothing allocated).
         """
-        if self._one_to_one:  # the chunks are the segments, in order
+        if self.one_to_one:  # the chunks are the segments, in order
             return sums
         if out is None:
             out = np.empty((self.num_segments, sums.shape[1]))
@@ -508,11 +504,8 @@ class Workspace:
         num_terms = kernel.num_terms
         self.values = np.zeros((max(segments.num_segments, 1), len(kernel.segment_names)),
                                dtype=self.dtype)
-        self.scalars = np.empty(len(kernel.scalar_names), dtype=self.dtype)
-        # struct rounds float64 -> float32 to nearest, as NumPy's cast (see ``pack``)
-        code = "f" if self.dtype == np.float32 else "d"
-        self._pack = struct.Struct(f"{len(kernel.scalar_names)}{code}").pack_into
-        self._scalar_bytes = memoryview(self.scalars).cast("B")
+        self.scalars, self._pack, self._scalar_bytes = _cpu.scalar_packer(
+            len(kernel.scalar_names), self.dtype)
         if device == "cuda":  # the host copy of the device's sums (at least one column)
             self._host_sums = np.empty((segments.num_chunks, max(num_terms, 1)))
             self.sums = self._host_sums[:, :num_terms]

@@ -209,9 +209,8 @@ def cuda_ceiling_kernel(n_states: int) -> Any:
         from numba import cuda
 
         # ``cuda`` must be a global of the kernel (the simulator swaps it there)
-        namespace: dict[str, Any] = {"cuda": cuda}
-        exec(compile(source, f"<fastmoments.bench ceiling {n_states}>", "exec"), namespace)
-        _CUDA_CEILINGS[n_states] = cuda.jit(namespace["ceiling"])
+        _CUDA_CEILINGS[n_states] = cuda.jit(
+            build_generated(source, "ceiling", __file__, None, {"cuda": cuda}))
     return _CUDA_CEILINGS[n_states]
 
 
