@@ -27,7 +27,7 @@ The per-chunk partial sums are added per segment on the host (``Segments.totals`
 A step allocates nothing on the CPU: each pass over a group's segment table has a
 :class:`Workspace` (built on its first run, kept on the table) that holds the
 per-segment values, the packed scalars, the per-chunk sums, the per-segment totals
-and the scratch of the loops' partial sums; :func:`run` returns its totals, and a
+of the loops; :func:`run` returns its totals, and a
 caller writes the next pass's segment values into :func:`workspace`'s ``values``.
 """
 
@@ -111,8 +111,7 @@ class Segments:
     def per_group(self, parallel: bool) -> int:
         """Chunks per iteration of the CPU loops' outer (``prange``) loop.
 
-        Each iteration has its own row of the partial sums' scratch (see
-        :meth:`Workspace.scratch`); a parallel loop gets about 8 iterations per
+        A parallel loop gets about 8 iterations per
         thread. The grouping does not change the results (every chunk is summed on
         its own).
         """
@@ -182,11 +181,10 @@ def whole_tensors(params: Sequence[Any]) -> list[tuple[int, int, int]]:
 # ------------------------------------------------------------- generation
 _CPU_TEMPLATE = """
 def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
-           scalars, per_group, scratch_lanes, scratch_terms):
+           scalars, per_group):
     {unpack}
     num_chunks = chunks.shape[0]
     for group in {range}((num_chunks + per_group - 1) // per_group):
-        {scratch}
         for c in range(group * per_group, min(num_chunks, (group + 1) * per_group)):
             j = chunks[c, 0]
             seg = chunks[c, 1]
@@ -228,46 +226,41 @@ _CPU_CONTIGUOUS = """
                     {targets_c} = {call_c}
 """
 
-# The contiguous loop of a rule with terms. One serial chain of float64 adds cannot be
-# vectorized without fastmath (and numba leaves LLVM's SLP vectorizer off), so every
-# term has LANES partial sums: element k of the chunk is added to lane k % LANES. The
-# chunk is walked in blocks of LANES elements: a loop that applies the rule and keeps
-# the terms of the block (in the buffer dtype), then a loop that adds them to the
-# lanes. Neither has a carried dependency, so LLVM's loop vectorizer turns both into
-# vector code (the rule's math at the full vector width of the buffer dtype); the last,
-# partial block goes through the same two loops (with a scalar loop for it, SWATS took
-# 1.0-1.3 ms per 1e6 elements in 1000-element tensors; 0.97 ms this way). The
-# lanes are added in a fixed order at the end of the chunk: the sums depend neither
-# on the thread count nor on how the chunks are grouped. The lanes and the block's
-# terms are rows of the caller's scratch (``Workspace.scratch``), one row per
-# iteration of the outer loop: the loop allocates nothing.
-_CPU_LANES = """
-                param_c = param[first:first + count]
-                grad_c = grad[first:first + count]
-                {slices}
-                {lanes_zero}
-                blocks = count // {lanes}
-                for block in range(blocks):
-                    start = block * {lanes}
-                    for lane in range({lanes}):
-                        k = start + lane
-                        {targets_lane} = {call_c}
-                    for lane in range({lanes}):
-                        {lanes_update}
-                start = blocks * {lanes}
-                rest = count - start  # the last, partial block: the same two loops
-                for lane in range(rest):
-                    k = start + lane
-                    {targets_lane} = {call_c}
-                for lane in range(rest):
-                    {lanes_update}
+# The contiguous loop of a rule with terms. A chain of float64 adds (``acc += term``)
+# keeps LLVM from vectorizing the loop without fastmath, and keeping LANES partial sums
+# in a scratch array (stored and reloaded every element, widened to float64) cost
+# SWATS and LAMB about as much time as their rule. So the chunk is walked in blocks of
+# BLOCK elements; within a block each term is summed in the buffer dtype by
+# ``add_term``, an addition that LLVM may reassociate (``fastmath={{"reassoc"}}`` on
+# that one instruction only, not on the rule's math): the loop vectorizes at the full
+# width of the buffer dtype with the partial sums in registers. Each block's sum is
+# added to the chunk's float64 total. The sums are the same run to run and for any
+# thread count or grouping of the chunks (each chunk is summed on its own, in a fixed
+# order); the order within a block follows the vector width LLVM chose for this CPU.
+_CPU_BLOCKS = """
                 {acc_init}
-                for lane in range({lanes}):
-                    {lanes_combine}
+                for start in range(first, first + count, {block}):
+                    stop = min(start + {block}, first + count)
+                    param_b = param[start:stop]
+                    grad_b = grad[start:stop]
+                    {block_slices}
+                    {part_init}
+                    for k in range(stop - start):
+                        {targets_b} = {call_b}
+                        {part_update}
+                    {acc_from_parts}
 """
 
-#: partial sums per term in the contiguous CPU loop (a multiple of the vector width)
-LANES = 64
+#: elements per block of the contiguous CPU loop with terms (summed in the buffer
+#: dtype, then added to a float64 total)
+BLOCK = 512
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"}, inline="never")
+def _add_term(total, term):
+    """``total + term``, an addition LLVM may reorder: a loop summing terms with it
+    vectorizes (see ``_CPU_BLOCKS``)."""
+    return total + term
 
 
 _CUDA_TEMPLATE = """
@@ -385,13 +378,18 @@ class SegmentedKernel:
         if not self.num_terms:
             return _CPU_CONTIGUOUS.format(**pieces)
         terms = range(self.num_terms)
-        return _CPU_LANES.format(
-            lanes=LANES,
-            lanes_zero="; ".join(f"lanes{k}[:] = 0.0" for k in terms),
-            targets_lane=self._targets("param_c[k]", "{s}_c[k]", "terms{k}[lane]"),
-            lanes_update="; ".join(f"lanes{k}[lane] += terms{k}[lane]" for k in terms),
-            lanes_combine="; ".join(f"acc{k} += lanes{k}[lane]" for k in terms),
-            **pieces,
+        return _CPU_BLOCKS.format(
+            block=BLOCK,
+            block_slices="; ".join(f"{s}_b = {s}[base + start:base + stop]"
+                                   for s in self.state_names) or "pass",
+            part_init="; ".join(f"part{k} = scalars.dtype.type(0)" for k in terms),
+            targets_b=self._targets("param_b[k]", "{s}_b[k]", "term{k}"),
+            call_b="rule(param_b[k], grad_b[k]"
+                   + "".join(f", {s}_b[k]" for s in self.state_names)
+                   + pieces["segment_args"] + pieces["scalar_args"] + ")",
+            part_update="; ".join(f"part{k} = add_term(part{k}, term{k})" for k in terms),
+            acc_from_parts="; ".join(f"acc{k} += part{k}" for k in terms),
+            acc_init=pieces["acc_init"],
         )
 
     def _targets(self, param: str, state: str, term: str) -> str:
@@ -408,20 +406,15 @@ class SegmentedKernel:
         suffix = ("parallel" if parallel else "serial") + ("" if strided else "_contiguous")
         name = f"{self.name}_segmented_{suffix}_{_SOURCE_HASH}"
         pieces = self._pieces()
-        # per group of chunks (one prange iteration): its rows of the lanes and terms
-        scratch = "; ".join(
-            f"lanes{k} = scratch_lanes[group, {k}]; terms{k} = scratch_terms[group, {k}]"
-            for k in range(self.num_terms)
-        ) or "pass"
         source = _CPU_TEMPLATE.format(name=name, range="prange" if parallel else "range",
-                                      contiguous=self._contiguous(pieces), scratch=scratch,
+                                      contiguous=self._contiguous(pieces),
                                       strided=(_CPU_STRIDED if strided else _CPU_NO_STRIDED)
                                       .format(**pieces), **pieces)
         return name, source
 
     def _cpu(self, parallel: bool, strided: bool = True):
         name, source = self.cpu_source(parallel, strided)
-        fn = self._build(source, name, {})
+        fn = self._build(source, name, {"add_term": _add_term})
         return njit(cache=True, error_model="numpy", parallel=parallel,
                     fastmath=_FASTMATH, no_cfunc_wrapper=True)(fn)  # as in _jit.Kernel._cpu
 
@@ -495,7 +488,7 @@ class Workspace:
     """
 
     __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
-                 "_pack", "_scalar_bytes", "_rows", "_lanes", "_terms", "_grad_source",
+                 "_pack", "_scalar_bytes", "_grad_source",
                  "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
 
     def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
@@ -514,9 +507,6 @@ class Workspace:
             self.sums = np.empty((segments.num_chunks, num_terms))
         self.totals = (self.sums if segments.one_to_one
                        else np.zeros((segments.num_segments, num_terms)))
-        self._rows = 0
-        self._lanes = np.empty((0, num_terms, LANES))
-        self._terms = np.empty((0, num_terms, LANES), dtype=self.dtype)
         self._grad_source: Any = None
         self._offset_bytes = offsets[:-1] * self.dtype.itemsize
         self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
@@ -533,20 +523,6 @@ class Workspace:
                 raise ValueError(f"{self.kernel.name}: expected {self.scalars.shape[0]} "
                                  f"scalars, got {args.shape[0] if args.ndim else args}") from None
             self.scalars[:] = args
-
-    def scratch(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """The CPU loops' scratch for ``rows`` outer iterations: ``(rows, num_terms,
-        LANES)`` float64 lanes and buffer-dtype terms (row ``i`` is iteration ``i``'s).
-
-        Grown when more rows are asked for (the count follows the thread count, see
-        :meth:`Segments.per_group`), never shrunk.
-        """
-        if rows > self._rows:
-            shape = (rows, self.kernel.num_terms, LANES)
-            self._lanes = np.empty(shape)
-            self._terms = np.empty(shape, dtype=self.dtype)
-            self._rows = rows
-        return self._lanes, self._terms
 
     def grad_addresses(self, source: np.ndarray) -> np.ndarray:
         """The address of each parameter's gradient in the flat array ``source``.
@@ -646,10 +622,8 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             loop = kernel.contiguous_parallel if parallel else kernel.contiguous_serial
         else:
             loop = kernel.parallel if parallel else kernel.serial
-        per_group = segments.per_group(parallel)
-        lanes, terms = ws.scratch(-(-num_chunks // per_group))
         loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, ws.sums,
-             *states, ws.scalars, per_group, lanes, terms)
+             *states, ws.scalars, segments.per_group(parallel))
     return segments.totals(ws.sums, ws.totals)
 
 
