@@ -555,7 +555,8 @@ def workspace(kernel: SegmentedKernel, group: Any, segments: Segments) -> Worksp
 
 
 def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
-        segment_values: np.ndarray | None, scalars: Sequence[float]) -> np.ndarray:
+        segment_values: np.ndarray | None, scalars: Sequence[float],
+        states: tuple[Any, ...] | None = None) -> np.ndarray:
     """Run one segmented pass over a param group; return the per-segment totals.
 
     Nothing is allocated on the CPU once the pass has run before (see
@@ -580,6 +581,9 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         itself is used as it is.
     scalars
         The rule's scalars (cast to the buffer dtype here).
+    states
+        The flat buffers of ``kernel.state_names``, in order; None: the group's state
+        buffers of those names. (LAMB passes a scratch buffer beside its moments.)
 
     Returns
     -------
@@ -605,7 +609,8 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
                 raise ValueError(f"{kernel.name}: expected {values.shape[0]} rows of segment "
                                  f"values, got {given.shape[0]}")
             np.copyto(values, given, casting="unsafe")
-    states = tuple(group.state[name] for name in kernel.state_names)
+    if states is None:
+        states = tuple(group.state[name] for name in kernel.state_names)
     if group.device == "cuda":
         _run_cuda(kernel, group, source, segments, ws, states)
     else:
