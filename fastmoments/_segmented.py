@@ -227,11 +227,11 @@ _CPU_CONTIGUOUS = """
 """
 
 # The contiguous loop of a rule with terms. A chain of float64 adds (``acc += term``)
-# keeps LLVM from vectorizing the loop without fastmath, and keeping LANES partial sums
-# in a scratch array (stored and reloaded every element, widened to float64) cost
-# SWATS and LAMB about as much time as their rule. So the chunk is walked in blocks of
-# BLOCK elements; within a block each term is summed in the buffer dtype by
-# ``add_term``, an addition that LLVM may reassociate (``fastmath={{"reassoc"}}`` on
+# keeps LLVM from vectorizing the loop without fastmath, and 64 partial sums kept in a
+# scratch array (stored and reloaded every element, widened to float64; the previous
+# design) cost SWATS and LAMB about as much time as their rule. So the chunk is walked in
+# blocks of BLOCK elements; within a block each term is summed in the buffer dtype by
+# ``add_term``, an addition that LLVM may reassociate (``fastmath={"reassoc"}`` on
 # that one instruction only, not on the rule's math): the loop vectorizes at the full
 # width of the buffer dtype with the partial sums in registers. Each block's sum is
 # added to the chunk's float64 total. The sums are the same run to run and for any
