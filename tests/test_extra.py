@@ -364,9 +364,11 @@ def test_segmented_cpu_loops_allocate_nothing():
                 name, source = kernel.cpu_source(parallel, strided)
                 assert name in source
                 assert "np." not in source  # no np.empty / np.zeros inside the loops
-                if kernel.num_terms:  # partial sums in registers, no scratch arrays
+                assert "scratch" not in source
+                if parallel:  # a prange over the serial loop
+                    assert "chunk_loop(" in source
+                elif kernel.num_terms:  # partial sums in registers
                     assert "part0 = add_term(part0, term0)" in source
-                    assert "scratch" not in source
 
 
 def test_segmented_sums_do_not_depend_on_the_thread_count(monkeypatch):
