@@ -275,23 +275,53 @@ def lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1, inv_bias_co
 
 
 @rule
-def lamb_moments(param, grad, exp_avg, exp_avg_sq, update, grad_mult, clip_value,
-                 one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
-                 inv_bias_correction2, eps, weight_decay):
-    # pass 1: the moments, the direction r (stored in update for pass 2), and the terms
-    # of ||p||^2 and ||r||^2 per tensor
+def lamb_first_pass(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, one_minus_beta1,
+                    beta2, one_minus_beta2, inv_bias_correction1, inv_bias_correction2, eps,
+                    weight_decay):
+    # the moments and the direction r
     g = scaled_grad(grad, grad_mult, clip_value)
     m = lerp(exp_avg, g, one_minus_beta1)
     v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
     r = lamb_direction(param, m, v, inv_bias_correction1, inv_bias_correction2, eps,
                        weight_decay)
+    return m, v, r
+
+
+@rule
+def lamb_moments(param, grad, exp_avg, exp_avg_sq, update, grad_mult, clip_value,
+                 one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
+                 inv_bias_correction2, eps, weight_decay):
+    # pass 1 (CPU): the moments, r (stored in update for pass 2), and the terms of
+    # ||p||^2 and ||r||^2 per tensor
+    m, v, r = lamb_first_pass(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                              one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
+                              inv_bias_correction2, eps, weight_decay)
     return param, m, v, r, param * param, r * r
 
 
 @rule
 def lamb_apply(param, grad, update, trust_step):
-    # pass 2: p <- p - lr * trust * r, with the r of pass 1
+    # pass 2 (CPU): p <- p - lr * trust * r, with the r of pass 1
     return param - trust_step * update, update
+
+
+@rule
+def lamb_norms(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, one_minus_beta1, beta2,
+               one_minus_beta2, inv_bias_correction1, inv_bias_correction2, eps, weight_decay):
+    # pass 1 (GPU): as lamb_moments, r not stored
+    m, v, r = lamb_first_pass(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                              one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
+                              inv_bias_correction2, eps, weight_decay)
+    return param, m, v, param * param, r * r
+
+
+@rule
+def lamb_apply_recomputed(param, grad, exp_avg, exp_avg_sq, trust_step, inv_bias_correction1,
+                          inv_bias_correction2, eps, weight_decay):
+    # pass 2 (GPU): p <- p - lr * trust * r, r recomputed bit-for-bit from pass 1's results
+    r = lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                       inv_bias_correction2, eps, weight_decay)
+    return param - trust_step * r, exp_avg, exp_avg_sq
 
 
 # ----------------------------------------------------------------- ND-Adam

@@ -49,6 +49,9 @@ _MOMENTS = ("exp_avg", "exp_avg_sq")
 _LAMB_MOMENTS = SegmentedKernel(_rules.lamb_moments, (*_MOMENTS, "update"), (), 2,
                                 (*_MOMENTS, "update"))
 _LAMB_APPLY = SegmentedKernel(_rules.lamb_apply, ("update",), ("trust_step",), 0, ("param",))
+_LAMB_NORMS = SegmentedKernel(_rules.lamb_norms, _MOMENTS, (), 2, _MOMENTS)
+_LAMB_APPLY_RECOMPUTED = SegmentedKernel(_rules.lamb_apply_recomputed, _MOMENTS,
+                                         ("trust_step",), 0, ("param",))
 _ND_ADAM = SegmentedKernel(_rules.adam, _MOMENTS, (), 0, ("param", *_MOMENTS))
 _ND_RADIAL = SegmentedKernel(_rules.ndadam_radial, (), (), 1, ())
 _ND_MOMENTS = SegmentedKernel(_rules.ndadam_moments, ("exp_avg",), ("radial",), 1,
@@ -258,9 +261,10 @@ class LAMB(_MultiPass):
     skip the bias correction (paper v3) and clamp :math:`\lVert\theta\rVert` at 10;
     torch-optimizer's adds eps after bias correcting :math:`m` only. Two passes over
     the buffer: the moments, :math:`r_t` and the two squared norms per tensor, then
-    the step. :math:`r_t` waits between the two in a buffer of the parameters' size
-    and dtype (scratch, not state: it is not saved; recomputing it instead took about
-    a third longer per step). :attr:`trust_ratios` keeps the last
+    the step. On the CPU :math:`r_t` waits between the two in a buffer of the
+    parameters' size and dtype (scratch, not state: it is not saved; recomputing it
+    took about a third longer per step); on a GPU the second pass recomputes it, bit
+    for bit, and device memory holds the moments only. :attr:`trust_ratios` keeps the last
     step's ratios (one array per group, updated in place by each step).
 
     References
@@ -284,6 +288,8 @@ class LAMB(_MultiPass):
                 1.0 / (1.0 - beta2**step), hyper["eps"], hyper["weight_decay"], lr)
 
     def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+        if group.device == "cuda":  # read p, g, m, v, write m, v; read p, m, v, write p
+            return [(4, 2, group.numel), (3, 1, group.numel)]
         # moments: read p, g, m, v, write m, v, r; apply: read p, r, write p
         return [(4, 3, group.numel), (2, 1, group.numel)]
 
@@ -292,18 +298,25 @@ class LAMB(_MultiPass):
          weight_decay, lr) = scalars
         segments = _whole(self, group)
         k = self._groups.index(group)
-        update = self._updates[k]
-        if update is None:
-            update = self._updates[k] = _full(group, 0.0)
-        squares = run(_LAMB_MOMENTS, group, source, segments, None,
-                      (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
-                       inv_bc1, inv_bc2, eps, weight_decay),
-                      (group.state["exp_avg"], group.state["exp_avg_sq"], update))
+        pass_scalars = (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
+                        inv_bc1, inv_bc2, eps, weight_decay)
         trust = self._trust[k]
-        steps = workspace(_LAMB_APPLY, group, segments).values
-        _lamb_trust(squares, lr, trust, steps)
+        if group.device == "cuda":  # no buffer for r on the device: pass 2 recomputes it
+            squares = run(_LAMB_NORMS, group, source, segments, None, pass_scalars)
+            steps = workspace(_LAMB_APPLY_RECOMPUTED, group, segments).values
+            _lamb_trust(squares, lr, trust, steps)
+            run(_LAMB_APPLY_RECOMPUTED, group, source, segments, steps,
+                (inv_bc1, inv_bc2, eps, weight_decay))
+        else:
+            update = self._updates[k]
+            if update is None:
+                update = self._updates[k] = _full(group, 0.0)
+            squares = run(_LAMB_MOMENTS, group, source, segments, None, pass_scalars,
+                          (group.state["exp_avg"], group.state["exp_avg_sq"], update))
+            steps = workspace(_LAMB_APPLY, group, segments).values
+            _lamb_trust(squares, lr, trust, steps)
+            run(_LAMB_APPLY, group, source, segments, steps, (), (update,))
         self.trust_ratios[k] = trust
-        run(_LAMB_APPLY, group, source, segments, steps, (), (update,))
 
 
 @njit(cache=True, error_model="numpy")
