@@ -11,11 +11,13 @@ parameter (a whole tensor is one segment of stride 1). A segmented rule is an
 
 and which returns ``(new_param, <new state values...>, <terms...>)``: the segment
 values are read once per segment (a per-tensor step size, a per-vector dot
-product), and the terms are summed per segment in float64. From that signature
-this module generates, like ``_jit`` for the element-wise rules,
+product), and the terms are summed per segment (on the CPU in blocks of the buffer
+dtype added into float64, on a GPU in float64). From that signature this module
+generates, like ``_jit`` for the element-wise rules,
 
 - ``serial`` / ``parallel``: ``@njit`` loops over a table of *chunks* (a segment,
-  or a piece of a long one, so that the threads share a large tensor evenly);
+  or a piece of a long one, so that the threads share a large tensor evenly; the
+  parallel loop hands groups of chunks to the serial one);
   parameters and gradients are read by address, so the list path and the
   FlatParams path are one loop;
 - ``cuda``: a ``@cuda.jit`` kernel, one block per chunk (grid-stride over chunks),
@@ -26,8 +28,8 @@ The per-chunk partial sums are added per segment on the host (``Segments.totals`
 
 A step allocates nothing on the CPU: each pass over a group's segment table has a
 :class:`Workspace` (built on its first run, kept on the table) that holds the
-per-segment values, the packed scalars, the per-chunk sums, the per-segment totals
-of the loops; :func:`run` returns its totals, and a
+per-segment values, the packed scalars, the per-chunk sums and the per-segment
+totals; :func:`run` returns its totals, and a
 caller writes the next pass's segment values into :func:`workspace`'s ``values``.
 """
 
