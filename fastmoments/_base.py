@@ -260,12 +260,13 @@ class Optimizer:
         self._flat_pairs = (
             list(zip(self._groups, self._flat_grads)) if self._flat_grads is not None else None
         )
-        # the one group of host arrays, when that is all there is: step(list)'s short path
+        # step(list)'s short path: ((the group, None),) when the only group is host
+        # arrays (None: their sources, the list path), else None
         only = self._groups[0] if len(self._groups) == 1 else None
-        self._lone_list = (
-            only if only is not None and only.flat is None and only.device != "cuda" else None
+        self._lone_pairs = (
+            ((only, None),)
+            if only is not None and only.flat is None and only.device != "cuda" else None
         )
-        self._lone_pairs = ((only, None),) if self._lone_list is not None else None
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}
@@ -449,12 +450,12 @@ class Optimizer:
             sources = self._flat_grads
             pairs = self._flat_pairs
         elif (
-            self._lone_list is not None and type(grads) is list
+            self._lone_pairs is not None and type(grads) is list
             and len(grads) == self._num_params
         ):  # the only group is host arrays: no per-group bookkeeping
-            self._record_host_grads(self._lone_list, grads, 0)
-            sources = _LONE_SOURCES
             pairs = self._lone_pairs
+            self._record_host_grads(pairs[0][0], grads, 0)
+            sources = _LONE_SOURCES
         else:
             sources = self._collect(grads)
             groups = self._groups

@@ -361,9 +361,8 @@ class SegmentedKernel:
             scalar_args=scalar_args,
             scalar_params=scalar_args,
             states_cpu="".join(f", {s}[base + i]" for s in self.state_names),
-            call_c="rule(param_c[k], grad_c[k]"
-                   + "".join(f", {s}_c[k]" for s in self.state_names)
-                   + segment_args + scalar_args + ")",
+            call_c=self._call("_c", segment_args + scalar_args),
+            call_b=self._call("_b", segment_args + scalar_args),
             targets_c=self._targets("param_c[k]", "{s}_c[k]", "term{k}"),
             slices="; ".join(f"{s}_c = {s}[base + first:base + first + count]"
                              for s in self.state_names) or "pass",
@@ -394,13 +393,17 @@ class SegmentedKernel:
                                    for s in self.state_names) or "pass",
             part_init="; ".join(f"part{k} = scalars.dtype.type(0)" for k in terms),
             targets_b=self._targets("param_b[k]", "{s}_b[k]", "term{k}"),
-            call_b="rule(param_b[k], grad_b[k]"
-                   + "".join(f", {s}_b[k]" for s in self.state_names)
-                   + pieces["segment_args"] + pieces["scalar_args"] + ")",
+            call_b=pieces["call_b"],
             part_update="; ".join(f"part{k} = add_term(part{k}, term{k})" for k in terms),
             acc_from_parts="; ".join(f"acc{k} += part{k}" for k in terms),
             acc_init=pieces["acc_init"],
         )
+
+    def _call(self, view: str, tail: str) -> str:
+        """The rule called on element ``k`` of the unit-stride views named with the
+        suffix ``view`` (``param_c``, ``exp_avg_c``, ...), then the arguments ``tail``."""
+        states = "".join(f", {s}{view}[k]" for s in self.state_names)
+        return f"rule(param{view}[k], grad{view}[k]{states}{tail})"
 
     def _targets(self, param: str, state: str, term: str) -> str:
         """The left side of ``... = rule(...)``: ``param`` / ``state`` (a format with

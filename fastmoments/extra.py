@@ -300,22 +300,22 @@ class LAMB(_MultiPass):
         k = self._groups.index(group)
         pass_scalars = (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
                         inv_bc1, inv_bc2, eps, weight_decay)
-        trust = self._trust[k]
         if group.device == "cuda":  # no buffer for r on the device: pass 2 recomputes it
-            squares = run(_LAMB_NORMS, group, source, segments, None, pass_scalars)
-            steps = workspace(_LAMB_APPLY_RECOMPUTED, group, segments).values
-            _lamb_trust(squares, lr, trust, steps)
-            run(_LAMB_APPLY_RECOMPUTED, group, source, segments, steps,
-                (inv_bc1, inv_bc2, eps, weight_decay))
-        else:
+            first, second = _LAMB_NORMS, _LAMB_APPLY_RECOMPUTED
+            first_states = second_states = None  # the group's moments
+            second_scalars: tuple = (inv_bc1, inv_bc2, eps, weight_decay)
+        else:  # pass 1 stores r, pass 2 reads it
             update = self._updates[k]
             if update is None:
                 update = self._updates[k] = _full(group, 0.0)
-            squares = run(_LAMB_MOMENTS, group, source, segments, None, pass_scalars,
-                          (group.state["exp_avg"], group.state["exp_avg_sq"], update))
-            steps = workspace(_LAMB_APPLY, group, segments).values
-            _lamb_trust(squares, lr, trust, steps)
-            run(_LAMB_APPLY, group, source, segments, steps, (), (update,))
+            first, second = _LAMB_MOMENTS, _LAMB_APPLY
+            first_states = (group.state["exp_avg"], group.state["exp_avg_sq"], update)
+            second_states, second_scalars = (update,), ()
+        squares = run(first, group, source, segments, None, pass_scalars, first_states)
+        trust = self._trust[k]
+        steps = workspace(second, group, segments).values
+        _lamb_trust(squares, lr, trust, steps)
+        run(second, group, source, segments, steps, second_scalars, second_states)
         self.trust_ratios[k] = trust
 
 
