@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import carray, njit, prange
 
-from ._jit import _void_pointer
+from ._jit import _void_pointer, prepare_cpu_target
 
 __all__ = ["sum_squares", "sum_squares_multi", "address_of", "scalar_packer"]
 
@@ -46,11 +46,13 @@ def _sum_squares_multi(addresses, offsets, like):  # like: an array of the buffe
 
 def sum_squares(x: np.ndarray, parallel: bool) -> float:
     """Sum of squares of a flat buffer in float64 (inf/nan when any element is)."""
+    prepare_cpu_target()  # may be the process's first dispatch (max_grad_norm)
     return (_sum_squares_parallel if parallel else _sum_squares_serial)(x)
 
 
 def sum_squares_multi(addresses: np.ndarray, offsets: np.ndarray, like: np.ndarray) -> float:
     """Sum of squares over many arrays given by address (see ``_jit``'s multi loops)."""
+    prepare_cpu_target()
     return _sum_squares_multi(addresses, offsets, like)
 
 

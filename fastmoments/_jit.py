@@ -30,9 +30,12 @@ names carry a hash of the rule sources, so editing a rule invalidates the cache.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import inspect
 import math
 import os
+import sys
 from functools import cached_property
 
 import numpy as np
@@ -40,7 +43,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["rule", "Kernel"]
+__all__ = ["rule", "Kernel", "cpu_loop", "prepare_cpu_target"]
 
 _FASTMATH = False
 
@@ -56,6 +59,67 @@ NEUTRAL = {
 # eps_root is added (``v + eps_root``), and only ``x + -0.0`` folds to ``x`` exactly.
 _CONSTANTS = {name: np.float32(value) for name, value in NEUTRAL.items()}
 _CONSTANTS["eps_root"] = np.float32(-0.0)
+
+
+_CPU_TARGET_READY = False
+
+
+def prepare_cpu_target() -> None:
+    """Let numba's CPU target load without importing the whole of ``scipy.linalg``.
+
+    The first compilation or cache load of a process loads numba's CPU target, whose
+    ``numba.np.arraymath`` checks that a BLAS is available by importing
+    ``scipy.linalg.cython_blas`` when SciPy is installed. That import runs the
+    ``scipy.linalg`` package (about 0.2 s here: most of a cached first step), and
+    fastmoments never calls BLAS. So, the first time a loop is built, if SciPy is
+    installed and neither ``scipy.linalg`` nor ``numba.np.arraymath`` is imported yet,
+    the ``cython_blas`` extension module alone is loaded (a few ms) and registered for
+    the duration of that check, then unregistered: numba records that BLAS is
+    available, as it would have, and a later ``import scipy.linalg.cython_blas``
+    (numba's own ``np.dot``, or the user's) imports ``scipy.linalg`` as usual and gets
+    the same extension module. If anything differs from that plan (another SciPy or
+    numba layout), numba is left to do what it always does.
+    """
+    global _CPU_TARGET_READY
+    if _CPU_TARGET_READY:
+        return
+    _CPU_TARGET_READY = True
+    name = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec("scipy.linalg")
+        folder = list(spec.submodule_search_locations)[0]
+        path = next(os.path.join(folder, "cython_blas" + suffix)
+                    for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                    if os.path.exists(os.path.join(folder, "cython_blas" + suffix)))
+        loader = importlib.machinery.ExtensionFileLoader(name, path)
+        module = importlib.util.module_from_spec(
+            importlib.util.spec_from_file_location(name, path, loader=loader))
+        loader.exec_module(module)
+    except Exception:  # no SciPy, or not the layout expected: numba imports as usual
+        return
+    sys.modules[name] = module
+    try:
+        import numba.np.arraymath  # noqa: F401  (its BLAS check runs here)
+    except Exception:  # pragma: no cover - numba imports it again, the usual way
+        pass
+    finally:
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+
+
+def cpu_loop(fn, parallel: bool):
+    """``fn`` (a generated loop) compiled with the library's CPU jit options.
+
+    ``no_cfunc_wrapper``: the loops are only called from Python, never passed as a
+    first-class function to other jitted code, so the C-callable wrapper numba builds
+    by default is dead code; skipping it trims a cold first step (same machine code
+    for the loop, so the same results).
+    """
+    prepare_cpu_target()
+    return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH,
+                no_cfunc_wrapper=True)(fn)
 
 
 def rule(fn):
@@ -200,13 +264,7 @@ class Kernel:
         return build_generated(source, name, __file__, self.rule, {**constants, **extra_globals})
 
     def _cpu(self, template: str, suffix: str, parallel: bool):
-        fn = self._build(template, suffix, parallel, {})
-        # no_cfunc_wrapper: the loops are only called from Python, never passed as a
-        # first-class function to other jitted code, so the C-callable wrapper numba
-        # builds by default is dead code; skipping it trims a cold first step (same
-        # kernel code, so the same results).
-        return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH,
-                    no_cfunc_wrapper=True)(fn)
+        return cpu_loop(self._build(template, suffix, parallel, {}), parallel)
 
     @cached_property
     def plain(self) -> Kernel | None:

@@ -46,7 +46,7 @@ from numba import get_num_threads, njit
 
 from . import _cpu
 from ._backend import config
-from ._jit import _FASTMATH, build_generated, source_hash
+from ._jit import build_generated, cpu_loop, source_hash
 
 __all__ = ["Segments", "SegmentedKernel", "Workspace", "run", "workspace", "CHUNK"]
 
@@ -433,8 +433,7 @@ class SegmentedKernel:
             fn = self._build(source, name, {"chunk_loop": chunk_loop})
         else:
             fn = self._build(source, name, {"add_term": _add_term})
-        return njit(cache=True, error_model="numpy", parallel=parallel,
-                    fastmath=_FASTMATH, no_cfunc_wrapper=True)(fn)  # as in _jit.Kernel._cpu
+        return cpu_loop(fn, parallel)
 
     @cached_property
     def serial(self):

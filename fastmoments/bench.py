@@ -623,9 +623,10 @@ def first_step(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",
     ``cache_dir`` is numba's on-disk cache for that process (``NUMBA_CACHE_DIR``): an
     empty directory gives a cold start (compilation), a directory filled by an earlier
     call a cached one. ``hide``: top-level packages the child cannot import (as if
-    not installed), e.g. ``("scipy",)``: numba imports SciPy, when it is installed,
-    on the first compilation or cache load of a process (a BLAS check), which
-    fastmoments does not need. Returns ``import_s``, ``setup_s``, ``first_step_s``,
+    not installed), e.g. ``("scipy",)``: ``import numba`` imports SciPy when it is
+    installed, and its CPU target checks for SciPy's BLAS on the first compilation or
+    cache load of a process (fastmoments lets that check load only the BLAS module,
+    see ``_jit.prepare_cpu_target``). Returns ``import_s``, ``setup_s``, ``first_step_s``,
     ``second_step_s`` and ``process_s`` (the whole child process).
     """
     spec = json.dumps({"rule": rule, "n": int(n), "dtype": np.dtype(dtype).name, "path": path,
