@@ -290,9 +290,11 @@ class Optimizer:
         """The rule's scalars after ``grad_mult, clip_value`` for step ``step`` (1-based)."""
         raise NotImplementedError
 
-    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+    def _passes(self, group: Group) -> list[tuple[int, ...]]:
         """The memory traffic of one step over ``group`` (for the benchmarks):
-        ``(buffers read, buffers written, elements)`` per pass over its buffers.
+        ``(buffers read, buffers written, elements)`` per pass over its buffers, and a
+        fourth number when some of the written buffers are not read by the pass (a
+        store-only stream costs more than an in-place one; its ceiling has it too).
         An element-wise rule makes one pass: it reads the parameter, the gradient
         and each state buffer, and writes the parameter and each state buffer."""
         n_states = len(group.state)

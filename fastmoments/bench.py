@@ -117,8 +117,18 @@ def traffic(n_states: int) -> tuple[int, int]:
     return 2 + n_states, 1 + n_states
 
 
-def _traffic_label(passes: tuple[tuple[int, int, int], ...]) -> str:
-    return "+".join(f"{r}r/{w}w" for r, w, _ in passes)
+def _pass_fields(one_pass: Sequence[int]) -> tuple[int, int, int, int]:
+    """``(reads, writes, elements, store_only)`` of a declared pass (``store_only``,
+    the written buffers that the pass does not read, is 0 when not declared)."""
+    reads, writes, count, *rest = (int(x) for x in one_pass)
+    return reads, writes, count, rest[0] if rest else 0
+
+
+def _traffic_label(passes: Sequence[Sequence[int]]) -> str:
+    labels = []
+    for reads, writes, _, store_only in map(_pass_fields, passes):
+        labels.append(f"{reads}r/{writes}w" + (f"({store_only}new)" if store_only else ""))
+    return "+".join(labels)
 
 
 _PASS_CEILING_SOURCE = """
@@ -128,32 +138,44 @@ def {name}(n, a0{args}):
         {body}
     return total
 """
-_PASS_CEILINGS: dict[tuple[int, int, bool], Any] = {}
+_PASS_CEILINGS: dict[tuple[int, int, bool, int], Any] = {}
 
 
-def pass_ceiling_kernel(reads: int, writes: int, parallel: bool) -> Callable[..., Any]:
-    """A CPU ceiling kernel for one pass of a multi-pass rule: ``f(n, a0, a1, ...)``.
+def pass_ceiling_kernel(reads: int, writes: int, parallel: bool,
+                        store_only: int = 0) -> Callable[..., Any]:
+    """A CPU ceiling kernel for one pass of a multi-pass rule: ``f(n, a0, a1, ..., b0, ...)``.
 
-    It loads ``a0 .. a{reads-1}[:n]`` and stores ``a0 .. a{writes-1}[:n]`` (the
-    first ``writes`` of them): the stored ones get the sum of the others added (or,
-    when every array is stored, their sign flipped); a pass that stores nothing sums
-    what it reads (with reassociation allowed, so that the sum vectorizes).
+    It loads ``a0 .. a{reads-1}[:n]`` and stores ``writes`` buffers: ``a0 ..
+    a{writes-store_only-1}`` in place (the sum of the loaded-only ones added, or,
+    when every loaded array is stored, their sign flipped), and the ``store_only``
+    buffers ``b0 ..``, which it does not load (that sum written). A store to a buffer
+    that is not loaded costs more than an in-place one (the cache line is read for
+    ownership first): a rule that keeps a value between passes (LAMB's update on the
+    CPU) makes such stores, and its ceiling makes them too. A pass that stores
+    nothing sums what it reads (with reassociation allowed, so that the sum
+    vectorizes).
     """
-    if not 0 <= writes <= reads or reads < 1:
-        raise ValueError(f"no ceiling kernel for {reads} reads and {writes} writes")
-    key = (reads, writes, parallel)
+    in_place = writes - store_only
+    if not 0 <= in_place <= reads or reads < 1 or store_only < 0 or (
+            store_only and in_place == reads):
+        raise ValueError(f"no ceiling kernel for {reads} reads and {writes} writes "
+                         f"({store_only} to buffers not read)")
+    key = (reads, writes, parallel, store_only)
     if key not in _PASS_CEILINGS:
-        loads = [f"a{k}[i]" for k in range(writes, reads)]
+        loads = [f"a{k}[i]" for k in range(in_place, reads)]
         if writes == 0:
             body = "total += " + " + ".join(loads)
         elif loads:
             body = f"x = {' + '.join(loads)}; " + "; ".join(
-                f"a{k}[i] += x" for k in range(writes))
+                [f"a{k}[i] += x" for k in range(in_place)]
+                + [f"b{k}[i] = x" for k in range(store_only)])
         else:
             body = "; ".join(f"a{k}[i] = -a{k}[i]" for k in range(writes))
-        name = f"pass_ceiling_{reads}r{writes}w_{'parallel' if parallel else 'serial'}"
+        name = (f"pass_ceiling_{reads}r{writes}w{f'{store_only}new' if store_only else ''}_"
+                f"{'parallel' if parallel else 'serial'}")
         source = _PASS_CEILING_SOURCE.format(
-            name=name, args="".join(f", a{k}" for k in range(1, reads)),
+            name=name, args="".join([f", a{k}" for k in range(1, reads)]
+                                    + [f", b{k}" for k in range(store_only)]),
             range="prange" if parallel else "range", body=body,
         )
         fn = build_generated(source, name, __file__, None, {})
@@ -237,8 +259,10 @@ class Case:
         Objects that must stay alive while ``step`` is used.
     passes
         ``(buffers read, buffers written, elements)`` of each pass of a step over the
-        buffers; None: one pass with the traffic of ``n_states`` over ``numel``.
-        Rules with per-tensor reductions (LAMB, ND-Adam on matrices) make several.
+        buffers, and optionally a fourth number: how many of the written buffers the
+        pass does not read; None: one pass with the traffic of ``n_states`` over
+        ``numel``. Rules with per-tensor reductions (LAMB, ND-Adam on matrices) make
+        several.
     """
 
     step: Callable[[], Any]
@@ -248,11 +272,11 @@ class Case:
     arrays: int = 1
     sync: Callable[[], Any] = _noop
     keep: tuple = field(default=(), repr=False)
-    passes: tuple[tuple[int, int, int], ...] | None = None
+    passes: tuple[tuple[int, ...], ...] | None = None
     current_passes: Callable[[], tuple] | None = field(default=None, repr=False)
 
     @property
-    def traffic_passes(self) -> tuple[tuple[int, int, int], ...]:
+    def traffic_passes(self) -> tuple[tuple[int, ...], ...]:
         """``passes``, or the single pass of ``n_states`` over ``numel``."""
         if self.passes is None:
             return ((*traffic(self.n_states), self.numel),)
@@ -264,7 +288,8 @@ class Case:
 
     @property
     def bytes_per_step(self) -> int:
-        return sum((r + w) * k for r, w, k in self.traffic_passes) * self.itemsize
+        return sum((r + w) * k for r, w, k, _ in map(_pass_fields, self.traffic_passes)
+                   ) * self.itemsize
 
 
 def _chunk_sizes(n: int, chunk: int) -> list[int]:
@@ -372,40 +397,44 @@ def ceiling_for(case: Case, backend: str = "cpu", seed: int = 0) -> Case:
     single-pass ceiling of its state buffers (and is marked as multi-pass).
     """
     dtype = np.dtype(f"f{case.itemsize}")
-    (reads, writes, count), *more = case.traffic_passes
-    if not more and writes == reads - 1 and count == case.numel:  # param, grad and states
+    (reads, writes, count, store_only), *more = map(_pass_fields, case.traffic_passes)
+    if not more and writes == reads - 1 and count == case.numel and not store_only:
+        # param, grad and states
         return ceiling_case(reads - 2, case.numel, dtype, backend, seed)
     if backend != "cpu":
         return ceiling_case(case.n_states, case.numel, dtype, backend, seed)
     return multipass_ceiling_case(case.traffic_passes, case.numel, dtype, seed)
 
 
-def multipass_ceiling_case(passes: Sequence[tuple[int, int, int]], n: int,
+def multipass_ceiling_case(passes: Sequence[Sequence[int]], n: int,
                            dtype: Any = np.float32, seed: int = 0) -> Case:
     """The CPU ceiling of a multi-pass step: one :func:`pass_ceiling_kernel` per pass.
 
-    ``passes``: ``(reads, writes, elements)`` each; the passes run one after the other
-    over the first ``elements`` of the same buffers (as the rule's passes do).
+    ``passes``: ``(reads, writes, elements[, store_only])`` each; the passes run one
+    after the other over the first ``elements`` of the same buffers (as the rule's
+    passes do); the buffers that a pass stores without reading are extra ones.
     """
     from fastmoments import config
 
-    passes = tuple((int(r), int(w), int(k)) for r, w, k in passes)
+    passes = tuple(_pass_fields(p) for p in passes)
     param, grad = _host_data(n, dtype, seed)
     arrays = [param, grad] + [np.zeros(n, dtype=dtype)
-                              for _ in range(max(r for r, _, _ in passes) - 2)]
+                              for _ in range(max(p[0] for p in passes) - 2)]
+    stored_only = [np.zeros(n, dtype=dtype) for _ in range(max(p[3] for p in passes))]
     calls = []
-    for reads, writes, count in passes:
-        kernel = pass_ceiling_kernel(reads, writes, count >= config.parallel_threshold)
+    for reads, writes, count, store_only in passes:
+        kernel = pass_ceiling_kernel(reads, writes, count >= config.parallel_threshold,
+                                     store_only)
         # the stored buffers first: param and the states, then the gradient
         order = [arrays[0], *arrays[2:], arrays[1]][:reads] if writes < reads else arrays[:reads]
-        calls.append((kernel, count, tuple(order)))
+        calls.append((kernel, count, (*order, *stored_only[:store_only])))
 
     def step() -> None:
         for kernel, count, order in calls:
             kernel(count, *order)
 
-    return Case(step, len(arrays) - 2, n, np.dtype(dtype).itemsize, 1, _noop, (arrays,),
-                passes)
+    return Case(step, len(arrays) - 2, n, np.dtype(dtype).itemsize, 1, _noop,
+                (arrays, stored_only), tuple(p if p[3] else p[:3] for p in passes))
 
 
 def ceiling_case(n_states: int, n: int, dtype: Any = np.float32, backend: str = "cpu",

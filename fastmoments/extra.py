@@ -287,11 +287,12 @@ class LAMB(_MultiPass):
         return (1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta1**step),
                 1.0 / (1.0 - beta2**step), hyper["eps"], hyper["weight_decay"], lr)
 
-    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+    def _passes(self, group: Group) -> list[tuple[int, ...]]:
         if group.device == "cuda":  # read p, g, m, v, write m, v; read p, m, v, write p
             return [(4, 2, group.numel), (3, 1, group.numel)]
-        # moments: read p, g, m, v, write m, v, r; apply: read p, r, write p
-        return [(4, 3, group.numel), (2, 1, group.numel)]
+        # moments: read p, g, m, v, write m, v and r (a buffer it does not read);
+        # apply: read p, r, write p
+        return [(4, 3, group.numel, 1), (2, 1, group.numel)]
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps,
@@ -453,7 +454,7 @@ class NDAdam(_MultiPass):
         return (1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
                 1.0 / (1.0 - beta2**step), hyper["eps"])
 
-    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+    def _passes(self, group: Group) -> list[tuple[int, ...]]:
         vectors, adam = self._tables(group)
         out = []
         if adam.num_chunks:  # Adam: read p, g, m, v, write p, m, v
@@ -630,7 +631,7 @@ class SWATS(_MultiPass):
         return (wd, 1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - beta1**step),
                 1.0 / (1.0 - beta2**step), hyper["eps"], lr)
 
-    def _passes(self, group: Group) -> list[tuple[int, int, int]]:
+    def _passes(self, group: Group) -> list[tuple[int, ...]]:
         # one pass: Adam phase read p, g, m, v, write p, m, v; SGD phase p, g, buffer
         if group.host_state["switched"]:
             return [(3, 2, group.numel)]

@@ -92,15 +92,41 @@ def test_pass_ceiling_reads_and_writes_its_buffers(reads, writes, n):
         assert total == pytest.approx(others[:n].sum(), rel=1e-12)
 
 
+@pytest.mark.parametrize("n", [17, 70_000])
+def test_pass_ceiling_stores_to_buffers_it_does_not_read(n):
+    # LAMB's first CPU pass: reads p, g, m, v, writes m, v in place and r (not read)
+    kernel = bench.pass_ceiling_kernel(4, 3, n >= 32768, store_only=1)
+    arrays = [np.random.default_rng(k).random(n + 3) for k in range(4)]
+    stored = np.full(n + 3, np.nan)
+    before = [a.copy() for a in arrays]
+    kernel(n, *arrays, stored)
+    others = before[2] + before[3]
+    for k in (0, 1):
+        np.testing.assert_allclose(arrays[k][:n], before[k][:n] + others[:n], rtol=1e-15)
+    for k in range(4):
+        np.testing.assert_array_equal(arrays[k][n:], before[k][n:])
+    np.testing.assert_array_equal(arrays[2], before[2])
+    np.testing.assert_array_equal(arrays[3], before[3])
+    np.testing.assert_array_equal(stored[:n], others[:n])
+    assert np.isnan(stored[n:]).all()
+    with pytest.raises(ValueError, match="buffers not read"):
+        bench.pass_ceiling_kernel(2, 3, False, store_only=1)
+
+
 def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
     n = 3000
     lamb = bench.fastmoments_case("LAMB", n, np.float32, "flat")
-    assert lamb.traffic_passes == ((4, 3, n), (2, 1, n)) and not lamb.single_pass
+    # pass 1 stores the update r in a buffer it does not read (the 4th number)
+    assert lamb.traffic_passes == ((4, 3, n, 1), (2, 1, n)) and not lamb.single_pass
     assert lamb.bytes_per_step == 10 * 4 * n
+    assert bench._traffic_label(lamb.traffic_passes) == "4r/3w(1new)+2r/1w"
     ceiling = bench.ceiling_for(lamb)
     assert ceiling.traffic_passes == lamb.traffic_passes
     assert ceiling.bytes_per_step == lamb.bytes_per_step
+    arrays, stored_only = ceiling.keep
+    assert len(arrays) == 4 and len(stored_only) == 1  # p, g, m, v and r
     ceiling.step()
+    assert np.isfinite(stored_only[0]).all() and stored_only[0].any()
     # ND-Adam on 1-D parameters is Adam: one pass, the single-pass ceiling
     nd = bench.fastmoments_case("NDAdam", n, np.float32, "flat")
     assert nd.traffic_passes == ((4, 3, n),) and nd.single_pass

@@ -114,7 +114,7 @@ def test_cuda_lamb_long_tensors_split_in_chunks(monkeypatch):
     # the CPU keeps r between the passes; the GPU recomputes it (no buffer on the device)
     assert opt_cpu._updates[0].shape == (17,) and opt_gpu._updates == [None]
     assert opt_gpu._passes(opt_gpu._groups[0]) == [(4, 2, 17), (3, 1, 17)]
-    assert opt_cpu._passes(opt_cpu._groups[0]) == [(4, 3, 17), (2, 1, 17)]
+    assert opt_cpu._passes(opt_cpu._groups[0]) == [(4, 3, 17, 1), (2, 1, 17)]
 
 
 def test_cuda_ndadam_normalizes_on_the_device():
