@@ -109,12 +109,33 @@ class Segments:
         self.contiguous = bool((self.chunks[:, _STRIDE] == 1).all())
         self._device: Any = None
         self._workspaces: dict[SegmentedKernel, Workspace] = {}
+        self._bounds: dict[int, np.ndarray] = {}
 
-    def per_group(self) -> int:
-        """Chunks per iteration of the parallel CPU loop's ``prange``: about 8
-        iterations per thread. The grouping does not change the results (every chunk
-        is summed on its own)."""
-        return max(-(-self.num_chunks // (8 * get_num_threads())), 1)
+    def group_bounds(self) -> np.ndarray:
+        """The groups of chunks of the parallel CPU loop's ``prange``: group ``k`` is
+        chunks ``bounds[k]`` to ``bounds[k + 1]``. About 8 groups per thread, cut so
+        that each holds an equal share of the *elements* (to within half a chunk at
+        each cut): ``prange`` hands each thread an equal number of consecutive
+        groups, so the threads get equal work even when the chunks differ in size (a
+        segment's last piece, tensors of different sizes). Cut by count instead, a
+        1e6-element tensor (62 chunks) gave one of two threads 32 chunks and the other
+        30. Computed once per table and thread count. The grouping does not change the
+        results (every chunk is summed on its own)."""
+        threads = get_num_threads()
+        bounds = self._bounds.get(threads)
+        if bounds is None:
+            ends = np.cumsum(self.chunks[:, _COUNT])  # elements up to each chunk's end
+            groups = max(min(self.num_chunks, 8 * threads), 1)
+            shares = (ends[-1] if len(ends) else 0) * np.arange(1, groups) / groups
+            # the cut after the chunk whose end is nearest to each equal share
+            after = np.searchsorted(ends, shares)
+            after = np.minimum(after, max(len(ends) - 1, 0))
+            before_end = np.where(after > 0, ends[np.maximum(after - 1, 0)], 0)
+            cuts = np.where(shares - before_end < ends[after] - shares, after, after + 1)
+            bounds = np.concatenate(([0], cuts, [self.num_chunks])).astype(np.int64)
+            bounds = self._bounds[threads] = np.maximum.accumulate(
+                np.minimum(bounds, self.num_chunks))
+        return bounds
 
     @property
     def num_chunks(self) -> int:
@@ -198,18 +219,18 @@ def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sum
         {acc_store}
 """
 
-# The parallel loop: ``prange`` over groups of ``per_group`` chunks, each group run by the
-# serial loop (a call, not inlined). numba's parfor passes then analyse a loop of one
-# call instead of the whole rule (they still cost 0.5-0.75 s per parallel loop): a cold
-# first step at 1e6 elements took 3.1 s (LAMB, two passes) and 1.9 s (SWATS) this way,
-# against 3.7 s and 2.1 s with the rule inside the prange, at the same speed per step.
+# The parallel loop: ``prange`` over groups of chunks (``Segments.group_bounds``), each
+# group run by the serial loop (a call, not inlined). numba's parfor passes then analyse
+# a loop of one call instead of the whole rule (they still cost 0.5-0.75 s per parallel
+# loop): a cold first step at 1e6 elements took 3.1 s (LAMB, two passes) and 1.9 s
+# (SWATS) this way, against 3.7 s and 2.1 s with the rule inside the prange, at the same
+# speed per step.
 _CPU_PARALLEL_TEMPLATE = """
 def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
-           scalars, per_group):
-    num_chunks = chunks.shape[0]
-    for group in prange((num_chunks + per_group - 1) // per_group):
+           scalars, bounds):
+    for group in prange(bounds.shape[0] - 1):
         chunk_loop(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
-                   scalars, group * per_group, min(num_chunks, (group + 1) * per_group))
+                   scalars, bounds[group], bounds[group + 1])
 """
 
 # The strided loop (segments along an inner axis, e.g. ND-Adam's columns).
@@ -442,7 +463,8 @@ class SegmentedKernel:
 
     @cached_property
     def parallel(self):
-        """``prange`` over groups of ``per_group`` chunks, each run by ``serial``."""
+        """``prange`` over groups of chunks (``Segments.group_bounds``), each run by
+        ``serial``."""
         return self._cpu(True)
 
     @cached_property
@@ -646,7 +668,7 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             loop = kernel.contiguous_parallel if parallel else kernel.contiguous_serial
         else:
             loop = kernel.parallel if parallel else kernel.serial
-        last = (segments.per_group(),) if parallel else (0, num_chunks)
+        last = (segments.group_bounds(),) if parallel else (0, num_chunks)
         loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, ws.sums,
              *states, ws.scalars, *last)
     return segments.totals(ws.sums, ws.totals)

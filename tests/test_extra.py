@@ -527,3 +527,31 @@ def test_adabelief_matches_pytorch_optimizer(torch64):
     _against_torch_optimizer(
         torch64, lambda ts: pytorch_optimizer.AdaBelief(ts, foreach=False, **kw), "AdaBelief",
         kw)
+
+
+@pytest.mark.parametrize("layouts, threads", [
+    ([(1, 1_000_000, 1)], 2),  # one tensor: 62 chunks, the last one short
+    ([(1, 1_000_000, 1)], 3),
+    ([(1, 300_000, 1), (1, 7, 1), (1, 2_000_000, 1), (40, 50, 1)], 2),  # uneven tensors
+    ([(1, 5, 1), (1, 6, 1)], 4),  # fewer chunks than threads
+])
+def test_parallel_groups_share_the_elements_evenly(layouts, threads, monkeypatch):
+    import fastmoments._segmented as seg
+
+    monkeypatch.setattr(seg, "get_num_threads", lambda: threads)
+    sizes = [outer * length * inner for outer, length, inner in layouts]
+    segments = seg.Segments(np.concatenate(([0], np.cumsum(sizes))), layouts)
+    bounds = segments.group_bounds()
+    assert bounds[0] == 0 and bounds[-1] == segments.num_chunks
+    assert (np.diff(bounds) >= 0).all()
+    assert segments.group_bounds() is bounds  # computed once per thread count
+    groups = len(bounds) - 1
+    assert groups == min(segments.num_chunks, 8 * threads)
+    ends = np.concatenate(([0], np.cumsum(segments.chunks[:, seg._COUNT])))
+    largest = segments.chunks[:, seg._COUNT].max()
+    # prange gives each thread an equal number of consecutive groups (static schedule)
+    per_thread = np.array_split(np.arange(groups), threads)
+    for mine in per_thread:
+        if len(mine):
+            work = ends[bounds[mine[-1] + 1]] - ends[bounds[mine[0]]]
+            assert abs(work - ends[-1] * len(mine) / groups) <= largest
