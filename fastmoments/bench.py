@@ -1273,8 +1273,7 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
                   seconds(f.get("cached_no_scipy_s"), 3), _fmt_time(f["second_step_s"])]
                  for f in runner.first_step_rows]
         out += ["first step in a fresh process (cold: empty numba cache; cached: on-disk cache;"
-                " no SciPy: the child cannot import SciPy, which numba imports on its first"
-                " compilation when installed)",
+                " no SciPy: the child cannot import SciPy, which numba uses when installed)",
                 _columns(["rule", "path", "size", "dtype", "import", "cold 1st", "cached 1st",
                           "cold, no SciPy", "cached, no SciPy", "2nd step"], lines,
                          right_from=2), ""]
