@@ -1247,7 +1247,8 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
         out += [_format_table(runner.rows)]
         if not all(r.get("single_pass", True) for r in runner.rows):
             out.append("* more than one pass over the buffers (per-tensor reductions); the "
-                       "traffic column lists the passes, and the ceiling makes the same passes")
+                       "traffic column lists the passes, and the ceiling makes the same passes "
+                       "(\"(1new)\": one of the writes goes to a buffer the pass does not read)")
         out.append("")
     if runner.crossover_rows:
         lines = [[r["rule"], r["path"], r["dtype"], str(r["threads"]), _fmt_size(r["size"]),
