@@ -124,17 +124,17 @@ class Segments:
         threads = get_num_threads()
         bounds = self._bounds.get(threads)
         if bounds is None:
-            ends = np.cumsum(self.chunks[:, _COUNT])  # elements up to each chunk's end
+            counts = self.chunks[:, _COUNT]
+            ends = np.cumsum(counts)  # elements up to each chunk's end
             groups = max(min(self.num_chunks, 8 * threads), 1)
-            shares = (ends[-1] if len(ends) else 0) * np.arange(1, groups) / groups
-            # the cut after the chunk whose end is nearest to each equal share
-            after = np.searchsorted(ends, shares)
-            after = np.minimum(after, max(len(ends) - 1, 0))
-            before_end = np.where(after > 0, ends[np.maximum(after - 1, 0)], 0)
-            cuts = np.where(shares - before_end < ends[after] - shares, after, after + 1)
-            bounds = np.concatenate(([0], cuts, [self.num_chunks])).astype(np.int64)
-            bounds = self._bounds[threads] = np.maximum.accumulate(
-                np.minimum(bounds, self.num_chunks))
+            # the equal shares between groups (none for one group, so none without chunks)
+            shares = ends[-1] * np.arange(1, groups) / groups if groups > 1 else ends[:0]
+            # the chunk that holds each share; the cut goes at its nearer edge
+            holder = np.searchsorted(ends, shares)
+            nearer_end = ends[holder] - shares <= shares - (ends[holder] - counts[holder])
+            cuts = holder + nearer_end
+            bounds = self._bounds[threads] = np.concatenate(
+                ([0], cuts, [self.num_chunks])).astype(np.int64)
         return bounds
 
     @property

@@ -263,9 +263,11 @@ class LAMB(_MultiPass):
     the buffer: the moments, :math:`r_t` and the two squared norms per tensor, then
     the step. On the CPU :math:`r_t` waits between the two in a buffer of the
     parameters' size and dtype (scratch, not state: it is not saved; recomputing it
-    took about a third longer per step); on a GPU the second pass recomputes it, bit
-    for bit, and device memory holds the moments only. :attr:`trust_ratios` keeps the last
-    step's ratios (one array per group, updated in place by each step).
+    instead measured the same per step at 1e6 elements, 11% faster at 1e7 and 6% slower
+    at 5e7, and a third slower on one thread in cache); on a GPU the second pass
+    recomputes it, bit for bit, and device memory holds the moments only.
+    :attr:`trust_ratios` keeps the last step's ratios (one array per group, updated in
+    place by each step).
 
     References
     ----------
