@@ -68,7 +68,7 @@ class Group:
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
         "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls", "plain",
-        "values", "params_entry", "layouts",
+        "values", "params_entry", "layouts", "last_call",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -132,6 +132,7 @@ class Group:
         # per CPU loop: (source, callee, overload, arguments) of its last call;
         # see _run and _callee
         self.calls: dict[Any, tuple] = {}
+        self.last_call: tuple | None = None  # the entry of ``calls`` the last step used
         self.state: dict[str, Any] = {}
         self.states: tuple = ()
         self.host_state: dict[str, float] = {}
@@ -267,6 +268,10 @@ class Optimizer:
             ((only, None),)
             if only is not None and only.flat is None and only.device != "cuda" else None
         )
+        # step()'s short path applies (see _hot_path): one group, on the CPU, and this
+        # class's step is the element-wise one
+        self._hot_capable = (len(self._groups) == 1 and self._groups[0].device == "cpu"
+                             and type(self)._run is Optimizer._run)
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}
@@ -318,6 +323,8 @@ class Optimizer:
         group.scalars, group.pack, group.scalar_bytes = _cpu.scalar_packer(
             len(kernel.scalar_names), group.dtype)
         group.calls = {}  # new state buffers / scalars array: rebuild the cached calls
+        group.last_call = None
+        self._hot = None
         group.plain = _UNDECIDED  # new hyperparameters: decided again on the next step
         # what step() passes to _scalars: a plain-dict copy of the hyperparameters (a
         # lookup costs half of one in the ParamGroup, a dict subclass); every edit of
@@ -391,6 +398,7 @@ class Optimizer:
         # what step() reads on every call, derived once per change of the options
         self._needs_norm = self._nonfinite != "apply" or self._max_grad_norm is not None
         self._clip_bound = math.inf if self._clip_value is None else self._clip_value
+        self._hot = None
 
     @property
     def state(self) -> list[dict[str, Any]]:
@@ -444,6 +452,26 @@ class Optimizer:
             The global gradient norm (after unscaling, before clipping) when it was
             computed (``max_grad_norm`` set), otherwise ``None``.
         """
+        hot = self._hot
+        if hot is not None and type(grad_scale) is float and grad_scale == 1.0 and (
+            grads is None if hot[0] else type(grads) is list and len(grads) == self._num_params
+        ):  # the short path (see _hot_path): the same step as below, decided already
+            flat, group, threshold, grad_mult, callee, arguments = hot
+            if not group.hyper.dirty and config.parallel_threshold == threshold:
+                if not flat:
+                    self._record_host_grads(group, grads, 0)
+                lr = group.hyper["lr"]
+                if callable(lr):
+                    lr = _current(lr, self.step_count)
+                step = self.step_count + 1
+                scalars = (grad_mult, _INF) + self._scalars(group.values, lr, step,
+                                                             group.host_state)
+                _pack(group, scalars)
+                callee(*arguments)
+                self.step_count = step
+                self.last_step_skipped = False
+                self.last_grad_norm = None
+                return None
         if (type(grad_scale) is not float or grad_scale != 1.0) and not (
             _is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0
         ):
@@ -507,7 +535,31 @@ class Optimizer:
         self.step_count = step
         self.last_step_skipped = False
         self.last_grad_norm = norm
+        if self._hot_capable and grad_mult == 1.0 and (
+            pairs is self._lone_pairs or pairs is self._flat_pairs
+        ):
+            self._hot = self._hot_path()
         return norm
+
+    def _hot_path(self) -> tuple | None:
+        """What step()'s short path needs to repeat the step just taken, or None.
+
+        A step over the only group, on the CPU, with no norm to compute, no clipping
+        and no loss scale, whose hyperparameters are unchanged since the last step, and
+        with gradients given the same way (a list, or ``None`` for a FlatParams' own
+        buffer), does what the last one did with new scalars: same loop, same arguments
+        (a list's addresses are written into the group's table). The short path
+        skips the choices that led there; anything that could change them
+        (``_step_options``, ``_prepare``, an edit of the group, the parallel
+        threshold) sends the step down the full path again.
+        """
+        group = self._groups[0]
+        call = group.last_call
+        if self._needs_norm or self._clip_bound != _INF or call is None:
+            return None
+        grad_mult = -1.0 if group.values["maximize"] else 1.0
+        return (group.flat is not None, group, config.parallel_threshold, grad_mult, call[1],
+                call[3])
 
     def _collect(self, grads: Any) -> list[Any]:
         """Validate the gradients and say where each group reads them from.
@@ -666,11 +718,8 @@ class Optimizer:
         return peak * math.sqrt(total)
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
+        _pack(group, scalars)
         args = group.scalars
-        try:  # cast to the buffer dtype once, on the host
-            group.pack(group.scalar_bytes, 0, *scalars)
-        except OverflowError:  # a float64 scalar beyond float32's range: inf, as NumPy
-            args[:] = scalars
         plain = group.plain
         if plain is _UNDECIDED:
             plain = group.plain = _plain_variant(group.kernel, scalars)
@@ -691,6 +740,7 @@ class Optimizer:
             # the same loop on the same arrays as last time (a FlatParams' buffers
             # cannot be replaced; the list path's address tables are updated in place)
             call[1](*call[3])
+            group.last_call = call
             return
         if source is None:
             arguments = (group.param_addresses, group.grad_addresses, group.offsets,
@@ -698,8 +748,8 @@ class Optimizer:
         else:
             arguments = (group.flat.data, source, *group.states, args)
         loop(*arguments)
-        group.calls[loop] = (source, *_callee(kernel, group, loop, source, arguments),
-                             arguments)
+        group.calls[loop] = group.last_call = (
+            source, *_callee(kernel, group, loop, source, arguments), arguments)
 
     def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
         from . import _gpu
@@ -905,6 +955,15 @@ def _as_group_dicts(params: Any, owner: str) -> list[dict[str, Any]]:
 
 _UNDECIDED = object()
 _INF = math.inf
+
+
+def _pack(group: Group, scalars: tuple) -> None:
+    """Write a step's scalars into the group's scalar array, cast to the buffer dtype
+    once, on the host."""
+    try:
+        group.pack(group.scalar_bytes, 0, *scalars)
+    except OverflowError:  # a float64 scalar beyond float32's range: inf, as NumPy
+        group.scalars[:] = scalars
 
 
 def _plain_variant(kernel: Kernel, scalars: tuple) -> Kernel | None:

@@ -349,3 +349,86 @@ def test_flatparams_buffers_cannot_be_replaced():
     opt.step()
     np.testing.assert_array_equal(flat.data, np.zeros(5))
 
+
+
+@pytest.mark.parametrize("path", ["flat", "list"])
+@pytest.mark.parametrize("name, kwargs", [
+    ("Adam", {"lr": 0.01}),
+    ("NAdam", {"lr": 0.01}),  # a rule with host state updated by each step's scalars
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "maximize": True}),
+])
+def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
+    """step()'s short path (the last step's loop and arguments, new scalars) gives the
+    same trajectory as the full path through every change it must notice: options,
+    hyperparameters, lr and schedules, loss scale, threshold, state loads, new gradient
+    arrays, refused gradients."""
+    rng = np.random.default_rng(5)
+    shapes = [(3, 4), (6,)]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+
+    def run(short: bool) -> tuple[list[np.ndarray], int]:
+        params = [np.ones(s, np.float32) for s in shapes]
+        target = fm.FlatParams(params) if path == "flat" else params
+        opt = getattr(fm, name)(target, **kwargs)
+        params = target.params if path == "flat" else params  # the arrays updated
+        if not short:
+            opt._hot_capable = False
+        snapshot = None
+        taken = 0
+        for t in range(24):
+            g = grads[t % 3] if t % 5 else [x.copy() for x in grads[t % 3]]
+            scale = 1.0
+            if t == 2:
+                opt.lr = 0.02
+            elif t == 4:
+                key = "betas" if "betas" in opt.param_groups[0] else "momentum"
+                opt.param_groups[0][key] = (0.8, 0.99) if key == "betas" else 0.5
+            elif t == 5:
+                opt.max_grad_norm = 0.5
+            elif t == 6:
+                opt.max_grad_norm = None
+            elif t == 7:
+                opt.clip_value = 0.1
+            elif t == 8:
+                opt.clip_value = None
+            elif t == 9:
+                scale = 4.0
+            elif t == 10:
+                monkeypatch.setattr(fm.config, "parallel_threshold", 1)
+            elif t == 12:
+                monkeypatch.setattr(fm.config, "parallel_threshold", 1 << 15)
+            elif t == 13:
+                snapshot = opt.state_dict()
+            elif t == 15:
+                opt.load_state_dict(snapshot)
+            elif t == 16:
+                before = [p.copy() for p in params] + [s.copy() for s in opt._groups[0].states]
+                with pytest.raises(ValueError, match=r"grads\[1\]"):
+                    opt.step([g[0], np.ones(5, np.float32)])
+                after = [p.copy() for p in params] + [s.copy() for s in opt._groups[0].states]
+                for a, b in zip(before, after):
+                    np.testing.assert_array_equal(a, b)
+            elif t == 18:
+                opt.lr = lambda step: 0.03 / (1 + step)
+            elif t == 20:
+                opt.nonfinite = "skip"
+            elif t == 22:
+                opt.nonfinite = "apply"
+            taken += opt._hot is not None and scale == 1.0
+            if path == "flat":
+                target.grad[:] = np.concatenate([x.ravel() for x in g])
+                opt.step(grad_scale=scale)
+            else:
+                opt.step(g, grad_scale=scale)
+            # the loop the step ran: parallel while the threshold says so
+            callee = opt._groups[0].last_call[1]
+            assert bool(getattr(callee, "targetoptions", {}).get("parallel")) == (10 <= t < 12)
+        state = [s.copy() for s in opt._groups[0].states]
+        return [p.copy() for p in params] + state, taken
+
+    short, taken = run(True)
+    full, none = run(False)
+    assert none == 0 and taken >= 8, (taken, none)
+    for a, b in zip(short, full):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(short[0], np.ones_like(short[0]))
