@@ -2,6 +2,7 @@
 
 from . import extra, schedules
 from ._backend import config
+from ._jit import wait_compiled
 from .checkpoint import CheckpointError
 from .extra import LAMB, SWATS, AdaBelief, Lion, NDAdam, decay_mask_groups
 from .flat import FlatParams
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
     "Yogi", "AdaBelief", "Lion", "LAMB", "NDAdam", "SWATS",
-    "FlatParams", "config", "schedules", "extra", "decay_mask_groups",
+    "FlatParams", "config", "wait_compiled", "schedules", "extra", "decay_mask_groups",
     "CheckpointError", "to_torch_state_dict", "from_torch_state_dict", "__version__",
 ]

@@ -22,6 +22,13 @@ class _Config:
         Default 32768: with 2 threads, float32 Adam and Adagrad ran 1.3-1.5x faster
         in parallel from 32000 elements, SGD broke even there (``fastmoments bench
         --crossover``; docs/performance.md).
+    background_compile : bool
+        Default True. The first time a process needs a parallel CPU loop that is not
+        compiled yet (numba's parallel compilation takes 0.5-1 s more than the serial
+        loop's), the step runs the serial loop, which gives the same results, and the
+        parallel loop compiles (or loads from numba's on-disk cache) in a background
+        thread; later steps use it once it is ready (:func:`fastmoments.wait_compiled`
+        waits for it). False: the step compiles the parallel loop itself.
     cuda_threads_per_block : int
         Threads per block of the CUDA kernels.
     cuda_max_blocks : int or None
@@ -29,10 +36,12 @@ class _Config:
         means enough blocks to cover the buffer once.
     """
 
-    __slots__ = ("parallel_threshold", "cuda_threads_per_block", "cuda_max_blocks")
+    __slots__ = ("parallel_threshold", "background_compile", "cuda_threads_per_block",
+                 "cuda_max_blocks")
 
     def __init__(self) -> None:
         self.parallel_threshold = 1 << 15
+        self.background_compile = True
         self.cuda_threads_per_block = 256
         self.cuda_max_blocks: int | None = None
 

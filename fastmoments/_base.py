@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _cpu
 from ._backend import as_cuda_array, config, device_address, is_cuda_array
-from ._jit import NEUTRAL, Kernel
+from ._jit import NEUTRAL, Kernel, compile_in_background, loop_ready, start_compiling
 from .flat import FlatParams
 
 __all__ = ["Optimizer", "Group", "STATE_DICT_VERSION"]
@@ -532,6 +532,7 @@ class Optimizer:
             self._run(group, source, (-grad_mult if values["maximize"] else grad_mult,
                                       clip_value) + self._scalars(values, lr, step,
                                                                   group.host_state))
+        start_compiling()  # parallel loops queued by this step, if any (see _run)
         self.step_count = step
         self.last_step_skipped = False
         self.last_grad_norm = norm
@@ -732,9 +733,11 @@ class Optimizer:
             return
         big = group.numel >= config.parallel_threshold
         if source is None:
-            loop = kernel.multi_parallel if big and len(group.params) > 1 else kernel.multi_serial
+            serial = kernel.multi_serial
+            loop = kernel.multi_parallel if big and len(group.params) > 1 else serial
         else:
-            loop = kernel.parallel if big else kernel.serial
+            serial = kernel.serial
+            loop = kernel.parallel if big else serial
         call = group.calls.get(loop)
         if call is not None and call[0] is source:
             # the same loop on the same arrays as last time (a FlatParams' buffers
@@ -747,6 +750,19 @@ class Optimizer:
                          *group.states, args)
         else:
             arguments = (group.flat.data, source, *group.states, args)
+        if loop is not serial and not loop_ready(loop, arguments):
+            # the parallel loop compiles in the background: the serial one meanwhile
+            # (same results), not remembered for step()'s short path
+            group.last_call = None
+            call = group.calls.get(serial)
+            if call is not None and call[0] is source:
+                call[1](*call[3])
+            else:
+                serial(*arguments)
+                group.calls[serial] = (
+                    source, *_callee(kernel, group, serial, source, arguments), arguments)
+            compile_in_background(loop, arguments)
+            return
         loop(*arguments)
         group.calls[loop] = group.last_call = (
             source, *_callee(kernel, group, loop, source, arguments), arguments)

@@ -29,6 +29,7 @@ names carry a hash of the rule sources, so editing a rule invalidates the cache.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -36,6 +37,8 @@ import inspect
 import math
 import os
 import sys
+import threading
+import time
 from functools import cached_property
 
 import numpy as np
@@ -43,7 +46,10 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["rule", "Kernel", "cpu_loop", "prepare_cpu_target"]
+from ._backend import config
+
+__all__ = ["rule", "Kernel", "cpu_loop", "prepare_cpu_target", "loop_ready",
+           "compile_in_background", "start_compiling", "wait_compiled"]
 
 _FASTMATH = False
 
@@ -120,6 +126,107 @@ def cpu_loop(fn, parallel: bool):
     prepare_cpu_target()
     return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=_FASTMATH,
                 no_cfunc_wrapper=True)(fn)
+
+
+# ------------------------------------------------- background compilation
+_BACKGROUND: dict[tuple, threading.Thread] = {}  # (loop, signature) -> its compile thread
+_QUEUED: list[tuple] = []  # (loop, signature) waiting for the end of the step
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def _compile_in_background(loop, signature: tuple) -> None:
+    try:
+        loop.compile(signature)  # numba's on-disk cache first, as a call would
+    except Exception:  # the step that needs the loop compiles it again and raises
+        pass
+
+
+def _signature(loop, arguments: tuple) -> tuple | None:
+    try:
+        return tuple(loop.typeof_pyval(a) for a in arguments)
+    except Exception:  # pragma: no cover - another numba: the call compiles it
+        return None
+
+
+def loop_ready(loop, arguments: tuple) -> bool:
+    """Whether a step may call the parallel CPU loop ``loop`` on ``arguments`` now.
+
+    True when it is compiled for their types, when ``config.background_compile`` is
+    off (the call compiles it), or when its background compilation ended (if that
+    failed, the call compiles it again and raises what numba raises). False: the
+    caller runs the serial loop, which gives the same results, then calls
+    :func:`compile_in_background` (the serial loop first: a compilation holds numba's
+    compiler lock, which the serial loop's own compilation or cache load needs).
+    """
+    if not config.background_compile:
+        return True
+    signature = _signature(loop, arguments)
+    if signature is None or signature in loop.overloads:
+        return True
+    job = _BACKGROUND.get((loop, signature))
+    return job is not None and not job.is_alive()
+
+
+def compile_in_background(loop, arguments: tuple) -> None:
+    """Queue the compilation of ``loop`` for the types of ``arguments`` (or its load from
+    numba's on-disk cache) for a background thread, unless it was queued already.
+
+    :func:`start_compiling` starts the queued ones, at the end of the step: a
+    compilation holds numba's compiler lock, which the step's other loops (a second
+    pass, another group) need for their own compilation or cache load.
+    """
+    signature = _signature(loop, arguments)
+    if signature is None:  # pragma: no cover
+        return
+    key = (loop, signature)
+    with _BACKGROUND_LOCK:
+        if key not in _BACKGROUND and key not in _QUEUED:
+            _QUEUED.append(key)
+
+
+def start_compiling() -> None:
+    """Start the compilations queued by :func:`compile_in_background`, each in a
+    background thread (they take numba's compiler lock in turn)."""
+    if not _QUEUED:
+        return
+    with _BACKGROUND_LOCK:
+        for key in _QUEUED:
+            job = threading.Thread(target=_compile_in_background, args=key, daemon=True,
+                                   name="fastmoments-compile")
+            _BACKGROUND[key] = job
+            job.start()
+        _QUEUED.clear()
+
+
+def wait_compiled(timeout: float | None = None) -> bool:
+    """Wait for the parallel CPU loops compiling in the background (see
+    ``config.background_compile``).
+
+    Parameters
+    ----------
+    timeout
+        Seconds to wait at most (None: until they are ready).
+
+    Returns
+    -------
+    bool
+        True when none is compiling any more (the next step over a large group runs
+        its parallel loop), False when the timeout came first.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    start_compiling()
+    with _BACKGROUND_LOCK:
+        jobs = list(_BACKGROUND.values())
+    for job in jobs:
+        job.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return not any(job.is_alive() for job in jobs)
+
+
+# A fork while a compilation holds numba's compiler lock would leave the child a lock
+# nobody releases; at exit, an unfinished compilation would not reach numba's cache.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=wait_compiled)
+atexit.register(wait_compiled, 30.0)
 
 
 def rule(fn):

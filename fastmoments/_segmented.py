@@ -46,7 +46,7 @@ from numba import get_num_threads, njit
 
 from . import _cpu
 from ._backend import config
-from ._jit import build_generated, cpu_loop, source_hash
+from ._jit import build_generated, compile_in_background, cpu_loop, loop_ready, source_hash
 
 __all__ = ["Segments", "SegmentedKernel", "Workspace", "run", "workspace", "CHUNK"]
 
@@ -529,7 +529,7 @@ class Workspace:
     """
 
     __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
-                 "_pack", "_scalar_bytes", "_grad_source",
+                 "parallel_ready", "_pack", "_scalar_bytes", "_grad_source",
                  "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
 
     def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
@@ -549,6 +549,8 @@ class Workspace:
         self.totals = (self.sums if segments.one_to_one
                        else np.zeros((segments.num_segments, num_terms)))
         self._grad_source: Any = None
+        #: the pass's parallel CPU loop is compiled for these buffers (see ``run``)
+        self.parallel_ready = False
         self._offset_bytes = offsets[:-1] * self.dtype.itemsize
         self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
         self._device_buffers: Any = None
@@ -663,14 +665,23 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         else:
             grad_addresses = ws.grad_addresses(source)
         num_chunks = segments.num_chunks
-        parallel = group.numel >= config.parallel_threshold and num_chunks > 1
-        if segments.contiguous:
-            loop = kernel.contiguous_parallel if parallel else kernel.contiguous_serial
-        else:
-            loop = kernel.parallel if parallel else kernel.serial
-        last = (segments.group_bounds(),) if parallel else (0, num_chunks)
-        loop(param_addresses, grad_addresses, group.offsets, segments.chunks, values, ws.sums,
-             *states, ws.scalars, *last)
+        arguments = (param_addresses, grad_addresses, group.offsets, segments.chunks, values,
+                     ws.sums, *states, ws.scalars)
+        later = None
+        if group.numel >= config.parallel_threshold and num_chunks > 1:
+            loop = kernel.contiguous_parallel if segments.contiguous else kernel.parallel
+            parallel_arguments = (*arguments, segments.group_bounds())
+            if ws.parallel_ready or loop_ready(loop, parallel_arguments):
+                ws.parallel_ready = True
+                loop(*parallel_arguments)
+                return segments.totals(ws.sums, ws.totals)
+            # compiling in the background: the serial loop meanwhile (the same sums:
+            # each chunk is summed on its own)
+            later = (loop, parallel_arguments)
+        serial = kernel.contiguous_serial if segments.contiguous else kernel.serial
+        serial(*arguments, 0, num_chunks)
+        if later is not None:
+            compile_in_background(*later)
     return segments.totals(ws.sums, ws.totals)
 
 

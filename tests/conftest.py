@@ -25,3 +25,17 @@ def torch64():
     torch.set_default_dtype(torch.float64)
     yield torch
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(autouse=True)
+def parallel_loops_compiled_in_the_step():
+    """Tests run the loop the library chose from the first step on: a parallel loop is
+    compiled by the step itself, not in the background (``config.background_compile``,
+    which tests/test_backend.py covers), so that the parallel kernels are what the
+    tests of parallel paths exercise."""
+    import fastmoments as fm
+
+    old = fm.config.background_compile
+    fm.config.background_compile = False
+    yield
+    fm.config.background_compile = old

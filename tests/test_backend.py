@@ -107,3 +107,106 @@ def test_first_step_without_scipy():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "LINALG False True" in out.stdout
+
+
+_BACKGROUND_CHECK = """
+import multiprocessing, sys
+import numpy as np
+import numba
+import fastmoments as fm
+from fastmoments import _jit
+
+assert fm.config.background_compile  # the default
+fm.config.parallel_threshold = 1000
+rng = np.random.default_rng(0)
+shapes = [(40, 30), (900,)]
+grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+
+
+def parallel_ran(opt):
+    call = opt._groups[0].last_call
+    return call is not None and bool(call[1].targetoptions.get("parallel"))
+
+
+def run(name, path, steps, check=None):
+    params = [np.ones(s, np.float32) for s in shapes]
+    target = fm.FlatParams(params) if path == "flat" else params
+    opt = getattr(fm, name)(target, lr=0.01)
+    for t in range(steps):
+        g = grads[t % 3]
+        if path == "flat":
+            target.grad[:] = np.concatenate([x.ravel() for x in g])
+            opt.step()
+        else:
+            opt.step(g)
+        if check:
+            check(opt, t)
+    return [p.copy() for p in (target.params if path == "flat" else params)]
+
+
+def jobs(word):
+    return [key for key in _jit._BACKGROUND if word in key[0].py_func.__name__]
+
+
+def element_wise(opt, t):
+    if t == 0:  # the serial loop ran; the parallel one compiles in the background
+        assert not parallel_ran(opt) and opt._hot is None
+        assert jobs("multi_parallel"), list(_jit._BACKGROUND)
+        assert fm.wait_compiled(300)
+    else:
+        assert parallel_ran(opt), t
+
+
+def segmented(opt, t):
+    if t == 0:
+        assert len(jobs("lamb")) == 2, list(_jit._BACKGROUND)  # both passes' loops
+        assert fm.wait_compiled(300)
+    for loop, signature in jobs("lamb"):
+        assert signature in loop.overloads
+
+
+for name, path, check in (("Adam", "list", element_wise), ("LAMB", "flat", segmented)):
+    background = run(name, path, 5, check)
+    fm.config.background_compile = False
+    in_the_step = run(name, path, 5)
+    fm.config.parallel_threshold = 10**9
+    serial = run(name, path, 5)
+    fm.config.background_compile, fm.config.parallel_threshold = True, 1000
+    for a, b, c in zip(background, in_the_step, serial):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert not np.array_equal(background[0], np.ones_like(background[0]))
+
+
+def child():
+    # numba's compiler lock must be free in a forked child: it compiles here
+    assert numba.njit(lambda x: x + 1)(1) == 2
+
+
+# a fork while a loop compiles in the background waits for it (the child could not
+# compile anything if the fork happened while the compiler lock was held)
+run("Adagrad", "list", 1)
+assert jobs("multi_parallel") and any(job.is_alive() for job in _jit._BACKGROUND.values())
+process = multiprocessing.get_context("fork").Process(target=child, daemon=True)
+process.start()
+process.join(60)
+if process.exitcode is None:  # stuck on the lock
+    process.kill()
+assert process.exitcode == 0, process.exitcode
+run("RMSprop", "list", 1)  # compiling at exit: the interpreter waits for it
+print("OK")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork check needs os.fork")
+def test_background_compile_of_parallel_loops(tmp_path):
+    """A fresh process: the first step over a large group runs the serial loop while the
+    parallel one compiles in the background, later steps the parallel one, with the
+    same results as compiling it in the step or staying serial; a fork and the exit
+    wait for the compilation, so numba's lock is free in the child and the cache has it."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _BACKGROUND_CHECK], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("OK")
+    index = [p.name for p in tmp_path.rglob("*.nbi")]
+    assert any("rmsprop" in n and "multi_parallel" in n for n in index), index
