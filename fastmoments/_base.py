@@ -68,7 +68,7 @@ class Group:
         "hyper", "params", "flat", "device", "dtype", "offsets", "numel", "state",
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
         "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls", "plain",
-        "values", "params_entry", "layouts", "last_call",
+        "values", "params_entry", "layouts", "last_call", "table",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -112,15 +112,20 @@ class Group:
         self.params_entry = self.flat if self.flat is not None else ParamList(params)
         hyper["params"] = self.params_entry
         sizes = [int(p.size) for p in params]
-        self.offsets = np.zeros(len(params) + 1, dtype=np.int64)
+        # the list path's table (one argument of its loop): rows of the parameters'
+        # addresses, the gradients' addresses (written by each step) and the offsets;
+        # ``param_addresses``, ``grad_addresses`` and ``offsets`` are views of its rows
+        self.table = np.zeros((3, len(params) + 1), dtype=np.int64)
+        self.offsets = self.table[2]
         np.cumsum(sizes, out=self.offsets[1:])
         self.numel = int(self.offsets[-1])
         self.like = np.empty(0, dtype=self.dtype)
         if self.device == "cpu":
-            self.param_addresses = np.array([_cpu.address_of(p) for p in params], dtype=np.int64)
+            self.param_addresses = self.table[0, :-1]
+            self.param_addresses[:] = [_cpu.address_of(p) for p in params]
         else:
             self.param_addresses = None
-        self.grad_addresses = np.zeros(len(params), dtype=np.int64)
+        self.grad_addresses = self.table[1, :-1]
         # the list path: the gradient arrays whose addresses ``grad_addresses`` holds.
         # A gradient that is the same object as last step keeps its address, so its
         # lookup and table write are skipped. Holding the reference also keeps that
@@ -456,21 +461,23 @@ class Optimizer:
         if hot is not None and type(grad_scale) is float and grad_scale == 1.0 and (
             grads is None if hot[0] else type(grads) is list and len(grads) == self._num_params
         ):  # the short path (see _hot_path): the same step as below, decided already
-            flat, group, threshold, grad_mult, callee, arguments = hot
+            flat, group, threshold, record, scalars_of, pack, grad_mult, callee, arguments = hot
             if not group.hyper.dirty and config.parallel_threshold == threshold:
                 if not flat:
-                    self._record_host_grads(group, grads, 0)
+                    record(group, grads, 0)
                 lr = group.hyper["lr"]
                 if callable(lr):
                     lr = _current(lr, self.step_count)
                 step = self.step_count + 1
-                scalars = (grad_mult, _INF) + self._scalars(group.values, lr, step,
-                                                             group.host_state)
-                _pack(group, scalars)
+                rule_scalars = scalars_of(group.values, lr, step, group.host_state)
+                try:
+                    pack(group.scalar_bytes, 0, grad_mult, _INF, *rule_scalars)
+                except OverflowError:
+                    _pack(group, (grad_mult, _INF) + rule_scalars)
                 callee(*arguments)
+                # last_step_skipped and last_grad_norm stay False and None: the step
+                # that built the short path set them, and no norm is computed here
                 self.step_count = step
-                self.last_step_skipped = False
-                self.last_grad_norm = None
                 return None
         if (type(grad_scale) is not float or grad_scale != 1.0) and not (
             _is_number(grad_scale) and math.isfinite(grad_scale) and grad_scale > 0
@@ -559,8 +566,8 @@ class Optimizer:
         if self._needs_norm or self._clip_bound != _INF or call is None:
             return None
         grad_mult = -1.0 if group.values["maximize"] else 1.0
-        return (group.flat is not None, group, config.parallel_threshold, grad_mult, call[1],
-                call[3])
+        return (group.flat is not None, group, config.parallel_threshold,
+                self._record_host_grads, self._scalars, group.pack, grad_mult, call[1], call[3])
 
     def _collect(self, grads: Any) -> list[Any]:
         """Validate the gradients and say where each group reads them from.
@@ -746,8 +753,7 @@ class Optimizer:
             group.last_call = call
             return
         if source is None:
-            arguments = (group.param_addresses, group.grad_addresses, group.offsets,
-                         *group.states, args)
+            arguments = (group.table, *group.states, args)
         else:
             arguments = (group.flat.data, source, *group.states, args)
         if loop is not serial and not loop_ready(loop, arguments):

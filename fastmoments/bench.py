@@ -570,7 +570,8 @@ def time_steps(cases: Sequence[Case], budget: float = 0.5, warmup: int = 2,
                block: float = 200e-6) -> list[Timing]:
     """Time several cases' ``step`` calls interleaved (one block of each per round).
 
-    After ``warmup`` untimed calls of each (compilation), rounds are timed until
+    After ``warmup`` untimed calls of each (compilation; after the first, the wait for
+    the parallel loops compiled in the background), rounds are timed until
     ``budget`` seconds have been spent and at least ``min_repeats`` rounds were made;
     the garbage collector is off. In a round each case runs a block of consecutive
     calls (synchronized at its end) lasting about ``block`` seconds, and the block's
