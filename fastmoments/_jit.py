@@ -22,6 +22,11 @@ drops those operations. The class layer calls it when a step's scalars have exac
 those values (the common case), which gives the same results bit for bit: ``x * 1``,
 ``x > inf``, ``x + -0.0`` and a ``weight_decay`` branch fold exactly.
 
+A parallel loop that the process has not compiled yet is compiled in a background
+thread (``loop_ready``, ``compile_in_background``, ``start_compiling``,
+``wait_compiled``); the step runs the serial loop, which gives the same results,
+meanwhile (``config.background_compile``).
+
 The generated functions are compiled from source text attributed to this file so
 that numba's on-disk cache (``cache=True``) finds them again in a new process; their
 names carry a hash of the rule sources, so editing a rule invalidates the cache.
