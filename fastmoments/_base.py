@@ -756,22 +756,18 @@ class Optimizer:
             arguments = (group.table, *group.states, args)
         else:
             arguments = (group.flat.data, source, *group.states, args)
-        if loop is not serial and not loop_ready(loop, arguments):
-            # the parallel loop compiles in the background: the serial one meanwhile
-            # (same results), not remembered for step()'s short path
-            group.last_call = None
-            call = group.calls.get(serial)
-            if call is not None and call[0] is source:
-                call[1](*call[3])
-            else:
-                serial(*arguments)
-                group.calls[serial] = (
-                    source, *_callee(kernel, group, serial, source, arguments), arguments)
+        waiting = loop is not serial and not loop_ready(loop, arguments)
+        if waiting:  # compiled in a background thread, started at the end of the step
             compile_in_background(loop, arguments)
-            return
-        loop(*arguments)
-        group.calls[loop] = group.last_call = (
-            source, *_callee(kernel, group, loop, source, arguments), arguments)
+            loop = serial  # meanwhile (the same results)
+            call = group.calls.get(loop)
+        if call is None or call[0] is not source:
+            loop(*arguments)
+            call = group.calls[loop] = (
+                source, *_callee(kernel, group, loop, source, arguments), arguments)
+        else:
+            call[1](*call[3])
+        group.last_call = None if waiting else call  # step()'s short path: not a stand-in
 
     def _run_cuda(self, group: Group, source: Any, kernel: Kernel, states: tuple, args) -> None:
         from . import _gpu

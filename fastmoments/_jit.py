@@ -159,9 +159,8 @@ def loop_ready(loop, arguments: tuple) -> bool:
     True when it is compiled for their types, when ``config.background_compile`` is
     off (the call compiles it), or when its background compilation ended (if that
     failed, the call compiles it again and raises what numba raises). False: the
-    caller runs the serial loop, which gives the same results, then calls
-    :func:`compile_in_background` (the serial loop first: a compilation holds numba's
-    compiler lock, which the serial loop's own compilation or cache load needs).
+    caller calls :func:`compile_in_background` and runs the serial loop, which gives
+    the same results.
     """
     if not config.background_compile:
         return True

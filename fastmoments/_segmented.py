@@ -667,7 +667,6 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         num_chunks = segments.num_chunks
         arguments = (param_addresses, grad_addresses, group.offsets, segments.chunks, values,
                      ws.sums, *states, ws.scalars)
-        later = None
         if group.numel >= config.parallel_threshold and num_chunks > 1:
             loop = kernel.contiguous_parallel if segments.contiguous else kernel.parallel
             parallel_arguments = (*arguments, segments.group_bounds())
@@ -675,13 +674,11 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
                 ws.parallel_ready = True
                 loop(*parallel_arguments)
                 return segments.totals(ws.sums, ws.totals)
-            # compiling in the background: the serial loop meanwhile (the same sums:
-            # each chunk is summed on its own)
-            later = (loop, parallel_arguments)
+            # compiled in a background thread, started at the end of the step; the
+            # serial loop meanwhile (the same sums: each chunk is summed on its own)
+            compile_in_background(loop, parallel_arguments)
         serial = kernel.contiguous_serial if segments.contiguous else kernel.serial
         serial(*arguments, 0, num_chunks)
-        if later is not None:
-            compile_in_background(*later)
     return segments.totals(ws.sums, ws.totals)
 
 
