@@ -432,3 +432,26 @@ def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
     for a, b in zip(short, full):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(short[0], np.ones_like(short[0]))
+
+
+def test_short_path_keeps_no_reference_cycle():
+    """What step() keeps for its short path does not reference the optimizer: dropping
+    the last reference frees it (and its state buffers) without the cyclic GC."""
+    import gc
+    import weakref
+
+    p = [np.zeros(10, np.float32)]
+    opt = fm.Adam(p, lr=0.1)
+    g = [np.ones(10, np.float32)]
+    opt.step(g)
+    opt.step(g)
+    assert opt._hot is not None
+    ref = weakref.ref(opt)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del opt
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
