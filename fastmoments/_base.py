@@ -461,15 +461,15 @@ class Optimizer:
         if hot is not None and type(grad_scale) is float and grad_scale == 1.0 and (
             grads is None if hot[0] else type(grads) is list and len(grads) == self._num_params
         ):  # the short path (see _hot_path): the same step as below, decided already
-            flat, group, threshold, record, scalars_of, pack, grad_mult, callee, arguments = hot
+            flat, group, threshold, pack, grad_mult, callee, arguments = hot
             if not group.hyper.dirty and config.parallel_threshold == threshold:
                 if not flat:
-                    record(self, group, grads, 0)
+                    self._record_host_grads(group, grads, 0)
                 lr = group.hyper["lr"]
                 if callable(lr):
                     lr = _current(lr, self.step_count)
                 step = self.step_count + 1
-                rule_scalars = scalars_of(self, group.values, lr, step, group.host_state)
+                rule_scalars = self._scalars(group.values, lr, step, group.host_state)
                 try:
                     pack(group.scalar_bytes, 0, grad_mult, _INF, *rule_scalars)
                 except OverflowError:
@@ -566,11 +566,10 @@ class Optimizer:
         if self._needs_norm or self._clip_bound != _INF or call is None:
             return None
         grad_mult = -1.0 if group.values["maximize"] else 1.0
-        # the class's functions, not bound methods: a bound method kept here would make
-        # the optimizer reference itself, and only the cyclic GC would free its state
-        cls = type(self)
-        return (group.flat is not None, group, config.parallel_threshold,
-                cls._record_host_grads, cls._scalars, group.pack, grad_mult, call[1], call[3])
+        # no bound method of the optimizer here: it would make the optimizer reference
+        # itself, and only the cyclic GC would free its state
+        return (group.flat is not None, group, config.parallel_threshold, group.pack,
+                grad_mult, call[1], call[3])
 
     def _collect(self, grads: Any) -> list[Any]:
         """Validate the gradients and say where each group reads them from.
