@@ -283,6 +283,7 @@ class LAMB(_MultiPass):
         self._trust = [np.ones(len(g.params)) for g in self._groups]
         self.trust_ratios: list[np.ndarray] = list(self._trust)
         self._updates: list[Any] = [None] * len(self._groups)  # r_t, allocated on use
+        self._trust_scratch: list[Any] = [None] * len(self._groups)
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         beta1, beta2 = hyper["betas"]
@@ -317,23 +318,40 @@ class LAMB(_MultiPass):
         squares = run(first, group, source, segments, None, pass_scalars, first_states)
         trust = self._trust[k]
         steps = workspace(second, group, segments).values
-        _lamb_trust(squares, lr, trust, steps)
+        scratch = self._trust_scratch[k]
+        if scratch is None or scratch[0] is not steps:  # a new table or dtype
+            scratch = self._trust_scratch[k] = (steps, _trust_scratch(trust, steps))
+        _lamb_trust(squares, lr, scratch[1])
         run(second, group, source, segments, steps, second_scalars, second_states)
         self.trust_ratios[k] = trust
 
 
-@njit(cache=True, error_model="numpy")
-def _lamb_trust(squares, lr, trust, steps):
-    """Trust ratios ``||theta|| / ||r||`` (1 where either is 0) and the step sizes
-    ``lr * trust`` (cast to the buffer dtype) from the squared norms per tensor."""
-    for i in range(squares.shape[0]):
-        param_norm = np.sqrt(squares[i, 0])
-        direction_norm = np.sqrt(squares[i, 1])
-        ratio = 1.0
-        if param_norm > 0 and direction_norm > 0:
-            ratio = param_norm / direction_norm
-        trust[i] = ratio
-        steps[i, 0] = lr * ratio
+def _lamb_trust(squares: np.ndarray, lr: float, scratch: tuple) -> None:
+    """Trust ratios ``||theta|| / ||r||`` (1 where either is 0, or NaN) and the step
+    sizes ``lr * trust`` (cast to the buffer dtype) from the squared norms per tensor.
+
+    In NumPy, into the buffers of ``scratch`` (:func:`_trust_scratch`): a few ufunc
+    calls over one value per tensor, where a jitted loop cost 0.1 s of compilation in
+    the first step. The same operations as a loop (float64 square roots and quotient,
+    one rounding to the buffer dtype), so the same bits.
+    """
+    (norms, positive, both, trust, param_norm, direction_norm, param_positive,
+     direction_positive, steps) = scratch
+    np.sqrt(squares, out=norms)
+    np.greater(norms, 0.0, out=positive)
+    np.logical_and(param_positive, direction_positive, out=both)
+    trust.fill(1.0)
+    np.divide(param_norm, direction_norm, out=trust, where=both)
+    np.multiply(trust, lr, out=steps)
+
+
+def _trust_scratch(trust: np.ndarray, steps: np.ndarray) -> tuple:
+    """The buffers and views :func:`_lamb_trust` writes (built once per table)."""
+    count = trust.shape[0]
+    norms = np.empty((count, 2))
+    positive = np.empty((count, 2), dtype=np.bool_)
+    return (norms, positive, np.empty(count, dtype=np.bool_), trust, norms[:, 0],
+            norms[:, 1], positive[:, 0], positive[:, 1], steps[:, 0])
 
 
 # ----------------------------------------------------------------- ND-Adam
