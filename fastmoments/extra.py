@@ -595,6 +595,7 @@ class SWATS(_MultiPass):
                                       nesterov=nesterov, maximize=maximize,
                                       switch_tol=switch_tol), **options)
         self._dots = np.zeros(2)  # p.g and p.p of this step, over every group
+        self._sum_scratch: dict[int, tuple] = {}  # see _add_column_sums
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"switched": 0.0, "switch_step": 0.0, "lambda": 0.0, "sgd_lr": 0.0,
@@ -664,17 +665,22 @@ class SWATS(_MultiPass):
             return
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
-        _add_column_sums(run(_SWATS_ADAM, group, source, segments, None, args), self._dots)
+        _add_column_sums(run(_SWATS_ADAM, group, source, segments, None, args), self._dots,
+                         self._sum_scratch)
 
 
-@njit(cache=True, error_model="numpy")
-def _add_column_sums(totals, out):
-    """``out += totals.sum(axis=0)``: the rows added in order, as NumPy adds them."""
-    for k in range(totals.shape[1]):
-        column = totals[0, k] if totals.shape[0] else 0.0
-        for i in range(1, totals.shape[0]):
-            column += totals[i, k]
-        out[k] += column
+def _add_column_sums(totals: np.ndarray, out: np.ndarray, scratch: dict) -> None:
+    """``out += totals.sum(axis=0)``, the rows added in order (``np.add.accumulate``
+    is sequential by definition), into a buffer kept in ``scratch`` per ``totals``
+    array: nothing is allocated after the first call. (A jitted loop cost 0.13-0.16 s
+    of compilation in SWATS's cold first step.)"""
+    entry = scratch.get(id(totals))
+    if entry is None or entry[0] is not totals:
+        running = np.empty_like(totals)
+        entry = scratch[id(totals)] = (totals, running, running[-1] if len(running) else None)
+    if entry[2] is not None:
+        np.add.accumulate(totals, axis=0, out=entry[1])
+        np.add(out, entry[2], out=out)
 
 
 # -------------------------------------------------------------------- Yogi
