@@ -31,7 +31,7 @@ from numba import njit
 
 from . import _rules
 from ._base import Group, _full, _is_number
-from ._jit import Kernel
+from ._jit import Kernel, compile_in_background, loop_ready
 from ._segmented import SegmentedKernel, Segments, run, whole_tensors, workspace
 from .flat import FlatParams
 from .optimizers import _Checked
@@ -283,6 +283,9 @@ class LAMB(_MultiPass):
         self._trust = [np.ones(len(g.params)) for g in self._groups]
         self.trust_ratios: list[np.ndarray] = list(self._trust)
         self._updates: list[Any] = [None] * len(self._groups)  # r_t, allocated on use
+        # the step-size buffer for which the jitted _lamb_trust was found compiled, and
+        # the buffers of its NumPy stand-in
+        self._trust_jitted: list[Any] = [None] * len(self._groups)
         self._trust_scratch: list[Any] = [None] * len(self._groups)
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
@@ -318,35 +321,54 @@ class LAMB(_MultiPass):
         squares = run(first, group, source, segments, None, pass_scalars, first_states)
         trust = self._trust[k]
         steps = workspace(second, group, segments).values
-        scratch = self._trust_scratch[k]
-        if scratch is None or scratch[0] is not steps:  # a new table or dtype
-            scratch = self._trust_scratch[k] = (steps, _trust_scratch(trust, steps))
-        _lamb_trust(squares, lr, scratch[1])
+        if self._trust_jitted[k] is steps:
+            _lamb_trust(squares, lr, trust, steps)
+        elif loop_ready(_lamb_trust, (squares, lr, trust, steps)):
+            self._trust_jitted[k] = steps
+            _lamb_trust(squares, lr, trust, steps)
+        else:  # compiling in the background (a cold first step): NumPy meanwhile
+            compile_in_background(_lamb_trust, (squares, lr, trust, steps))
+            scratch = self._trust_scratch[k]
+            if scratch is None or scratch[0] is not steps:  # a new table or dtype
+                scratch = self._trust_scratch[k] = (steps, _trust_scratch(trust, steps))
+            _lamb_trust_numpy(squares, lr, scratch[1])
         run(second, group, source, segments, steps, second_scalars, second_states)
         self.trust_ratios[k] = trust
 
 
-def _lamb_trust(squares: np.ndarray, lr: float, scratch: tuple) -> None:
+@njit(cache=True, error_model="numpy")
+def _lamb_trust(squares, lr, trust, steps):
     """Trust ratios ``||theta|| / ||r||`` (1 where either is 0, or NaN) and the step
-    sizes ``lr * trust`` (cast to the buffer dtype) from the squared norms per tensor.
+    sizes ``lr * trust`` (cast to the buffer dtype) from the squared norms per tensor."""
+    for i in range(squares.shape[0]):
+        param_norm = np.sqrt(squares[i, 0])
+        direction_norm = np.sqrt(squares[i, 1])
+        ratio = 1.0
+        if param_norm > 0 and direction_norm > 0:
+            ratio = param_norm / direction_norm
+        trust[i] = ratio
+        steps[i, 0] = lr * ratio
 
-    In NumPy, into the buffers of ``scratch`` (:func:`_trust_scratch`): a few ufunc
-    calls over one value per tensor, where a jitted loop cost 0.1 s of compilation in
-    the first step. The same operations as a loop (float64 square roots and quotient,
-    one rounding to the buffer dtype), so the same bits.
-    """
+
+def _lamb_trust_numpy(squares: np.ndarray, lr: float, scratch: tuple) -> None:
+    """:func:`_lamb_trust` in NumPy ufuncs, into the buffers of ``scratch``
+    (:func:`_trust_scratch`): the stand-in while the jitted loop compiles in the
+    background (its compilation was 0.1 s of LAMB's cold first step; these calls cost
+    about 4 us a step more than the loop). The same operations (float64 square roots
+    and quotient, one rounding to the buffer dtype), so the same bits."""
     (norms, positive, both, trust, param_norm, direction_norm, param_positive,
      direction_positive, steps) = scratch
     np.sqrt(squares, out=norms)
     np.greater(norms, 0.0, out=positive)
     np.logical_and(param_positive, direction_positive, out=both)
     trust.fill(1.0)
-    np.divide(param_norm, direction_norm, out=trust, where=both)
+    with np.errstate(invalid="ignore"):  # inf / inf is NaN, silently, as in the loop
+        np.divide(param_norm, direction_norm, out=trust, where=both)
     np.multiply(trust, lr, out=steps)
 
 
 def _trust_scratch(trust: np.ndarray, steps: np.ndarray) -> tuple:
-    """The buffers and views :func:`_lamb_trust` writes (built once per table)."""
+    """The buffers and views :func:`_lamb_trust_numpy` writes (built once per table)."""
     count = trust.shape[0]
     norms = np.empty((count, 2))
     positive = np.empty((count, 2), dtype=np.bool_)
@@ -595,7 +617,9 @@ class SWATS(_MultiPass):
                                       nesterov=nesterov, maximize=maximize,
                                       switch_tol=switch_tol), **options)
         self._dots = np.zeros(2)  # p.g and p.p of this step, over every group
-        self._sum_scratch: dict[int, tuple] = {}  # see _add_column_sums
+        # the totals array (of the last group) for which _add_column_sums was found compiled
+        self._sums_ready: Any = None
+        self._sum_scratch: dict[int, tuple] = {}  # see _add_column_sums_numpy
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"switched": 0.0, "switch_step": 0.0, "lambda": 0.0, "sgd_lr": 0.0,
@@ -665,15 +689,32 @@ class SWATS(_MultiPass):
             return
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
-        _add_column_sums(run(_SWATS_ADAM, group, source, segments, None, args), self._dots,
-                         self._sum_scratch)
+        totals = run(_SWATS_ADAM, group, source, segments, None, args)
+        if totals is self._sums_ready:
+            _add_column_sums(totals, self._dots)
+        elif loop_ready(_add_column_sums, (totals, self._dots)):
+            self._sums_ready = totals
+            _add_column_sums(totals, self._dots)
+        else:  # compiling in the background (a cold first step): NumPy meanwhile
+            compile_in_background(_add_column_sums, (totals, self._dots))
+            _add_column_sums_numpy(totals, self._dots, self._sum_scratch)
 
 
-def _add_column_sums(totals: np.ndarray, out: np.ndarray, scratch: dict) -> None:
-    """``out += totals.sum(axis=0)``, the rows added in order (``np.add.accumulate``
-    is sequential by definition), into a buffer kept in ``scratch`` per ``totals``
-    array: nothing is allocated after the first call. (A jitted loop cost 0.13-0.16 s
-    of compilation in SWATS's cold first step.)"""
+@njit(cache=True, error_model="numpy")
+def _add_column_sums(totals, out):
+    """``out += totals.sum(axis=0)``: the rows added in order."""
+    for k in range(totals.shape[1]):
+        column = totals[0, k] if totals.shape[0] else 0.0
+        for i in range(1, totals.shape[0]):
+            column += totals[i, k]
+        out[k] += column
+
+
+def _add_column_sums_numpy(totals: np.ndarray, out: np.ndarray, scratch: dict) -> None:
+    """:func:`_add_column_sums` in NumPy, the stand-in while it compiles in the
+    background (its compilation was 0.13-0.16 s of SWATS's cold first step): the rows
+    added in order (``np.add.accumulate`` is sequential), so the same bits, into a
+    buffer kept in ``scratch`` per ``totals`` array."""
     entry = scratch.get(id(totals))
     if entry is None or entry[0] is not totals:
         running = np.empty_like(totals)

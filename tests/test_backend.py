@@ -158,14 +158,24 @@ def element_wise(opt, t):
 
 
 def segmented(opt, t):
-    if t == 0:
-        assert len(jobs("lamb")) == 2, list(_jit._BACKGROUND)  # both passes' loops
+    if t == 0:  # both passes' parallel loops, and the trust ratios' loop (NumPy meanwhile)
+        names = sorted(key[0].py_func.__name__.split("_segmented")[0] for key in jobs("lamb"))
+        assert names == ["_lamb_trust", "lamb_apply", "lamb_moments"], names
         assert fm.wait_compiled(300)
     for loop, signature in jobs("lamb"):
         assert signature in loop.overloads
 
 
-for name, path, check in (("Adam", "list", element_wise), ("LAMB", "flat", segmented)):
+def swats(opt, t):
+    if t == 0:  # the sum of the dot products over the tensors: NumPy while it compiles
+        assert jobs("_add_column_sums"), list(_jit._BACKGROUND)
+        assert fm.wait_compiled(300)
+    for loop, signature in jobs("_add_column_sums"):
+        assert signature in loop.overloads
+
+
+for name, path, check in (("Adam", "list", element_wise), ("LAMB", "flat", segmented),
+                          ("SWATS", "flat", swats)):
     background = run(name, path, 5, check)
     fm.config.background_compile = False
     in_the_step = run(name, path, 5)

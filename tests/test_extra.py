@@ -245,6 +245,31 @@ def test_ndadam_rejects_bad_axis():
     np.testing.assert_array_equal(p, 1.0)  # nothing normalized when it refuses
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
+    """While LAMB's trust-ratio loop and SWATS's column sums compile in the background,
+    a step runs NumPy versions of them: the same bits, zeros, NaN and inf included."""
+    rng = np.random.default_rng(3)
+    squares = np.abs(rng.standard_normal((40, 2))) * 10.0 ** rng.integers(-30, 30, (40, 2))
+    squares[:4] = [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [np.nan, 1.0]]
+    squares[4:8] = [[1.0, np.nan], [np.inf, 1.0], [1.0, np.inf], [np.inf, np.inf]]
+    for lr in (1e-3, 0.1, 3.0):
+        trust_a, trust_b = np.full(40, 7.0), np.full(40, 7.0)
+        steps_a, steps_b = np.full((40, 1), 7, dtype), np.full((40, 1), 7, dtype)
+        extra._lamb_trust(squares, lr, trust_a, steps_a)
+        extra._lamb_trust_numpy(squares, lr, extra._trust_scratch(trust_b, steps_b))
+        np.testing.assert_array_equal(trust_a, trust_b)  # NaN where both are NaN
+        np.testing.assert_array_equal(steps_a, steps_b)
+        assert trust_a[0] == trust_a[1] == trust_a[2] == trust_a[3] == 1.0
+    scratch: dict = {}
+    for rows in (0, 1, 2, 7, 1000):
+        totals = rng.standard_normal((rows, 2)) * 10.0 ** rng.integers(-12, 12, (rows, 2))
+        out_a, out_b = np.array([0.5, -2.0]), np.array([0.5, -2.0])
+        extra._add_column_sums(totals, out_a)
+        extra._add_column_sums_numpy(totals, out_b, scratch)
+        assert out_a.tobytes() == out_b.tobytes(), rows
+
+
 def test_lamb_trust_ratios_and_long_tensors(monkeypatch):
     import fastmoments._segmented as seg
 
