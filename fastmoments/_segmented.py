@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import inspect
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -541,7 +541,7 @@ class Workspace:
     """
 
     __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
-                 "parallel_ready", "_pack", "_scalar_bytes", "_grad_source",
+                 "parallel_ready", "serial_ready", "_pack", "_scalar_bytes", "_grad_source",
                  "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
 
     def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
@@ -563,6 +563,8 @@ class Workspace:
         self._grad_source: Any = None
         #: the pass's parallel CPU loop is compiled for these buffers (see ``run``)
         self.parallel_ready = False
+        #: the serial loop found compiled for these buffers (a pass with a stand-in)
+        self.serial_ready: Any = None
         self._offset_bytes = offsets[:-1] * self.dtype.itemsize
         self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
         self._device_buffers: Any = None
@@ -611,7 +613,8 @@ def workspace(kernel: SegmentedKernel, group: Any, segments: Segments) -> Worksp
 
 def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         segment_values: np.ndarray | None, scalars: Sequence[float],
-        states: tuple[Any, ...] | None = None) -> np.ndarray:
+        states: tuple[Any, ...] | None = None,
+        stand_in: Callable[..., None] | None = None, stand_in_args: tuple = ()) -> np.ndarray:
     """Run one segmented pass over a param group; return the per-segment totals.
 
     Nothing is allocated on the CPU once the pass has run before (see
@@ -639,6 +642,12 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
     states
         The flat buffers of ``kernel.state_names``, in order; None: the group's state
         buffers of those names. (LAMB passes a scratch buffer beside its moments.)
+    stand_in, stand_in_args
+        For a CPU pass without terms: ``stand_in(values, *stand_in_args)`` gives the
+        pass's results bit for bit (in NumPy) from the segment values. When
+        ``config.background_compile`` is on and the pass's serial loop is not compiled
+        for these buffers, it runs instead, and the loop is compiled in the background
+        (as the parallel loops are).
 
     Returns
     -------
@@ -690,7 +699,15 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             # serial loop meanwhile (the same sums: each chunk is summed on its own)
             compile_in_background(loop, parallel_arguments)
         serial = kernel.contiguous_serial if segments.contiguous else kernel.serial
-        serial(*arguments, 0, num_chunks)
+        serial_arguments = (*arguments, 0, num_chunks)
+        if stand_in is None or ws.serial_ready is serial:
+            serial(*serial_arguments)
+        elif loop_ready(serial, serial_arguments):
+            ws.serial_ready = serial
+            serial(*serial_arguments)
+        else:  # a cold start: the loop compiles in the background, NumPy meanwhile
+            compile_in_background(serial, serial_arguments)
+            stand_in(values, *stand_in_args)
     return segments.totals(ws.sums, ws.totals)
 
 

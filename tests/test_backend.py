@@ -159,8 +159,9 @@ def element_wise(opt, t):
 
 def segmented(opt, t):
     if t == 0:  # both passes' parallel loops, and the trust ratios' loop (NumPy meanwhile)
+        # (the second pass's serial loop too: NumPy stood in for it)
         names = sorted(key[0].py_func.__name__.split("_segmented")[0] for key in jobs("lamb"))
-        assert names == ["_lamb_trust", "lamb_apply", "lamb_moments"], names
+        assert names == ["_lamb_trust", "lamb_apply", "lamb_apply", "lamb_moments"], names
         assert fm.wait_compiled(300)
     for loop, signature in jobs("lamb"):
         assert signature in loop.overloads
@@ -175,7 +176,7 @@ def swats(opt, t):
 
 
 for name, path, check in (("Adam", "list", element_wise), ("LAMB", "flat", segmented),
-                          ("SWATS", "flat", swats)):
+                          ("LAMB", "list", None), ("SWATS", "flat", swats)):
     background = run(name, path, 5, check)
     fm.config.background_compile = False
     in_the_step = run(name, path, 5)

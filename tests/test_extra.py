@@ -270,6 +270,36 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
         assert out_a.tobytes() == out_b.tobytes(), rows
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", ["flat", "list"])
+def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
+    """On a cold start NumPy stands in for LAMB's second CPU pass while its loop compiles
+    in the background: the same parameters, bit for bit."""
+    from fastmoments._segmented import Segments, run, whole_tensors, workspace
+
+    rng = np.random.default_rng(5)
+    shapes = [(7, 5), (1,), (300,), (2, 3, 4)]
+    originals = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    results = []
+    for use_stand_in in (False, True):
+        params = [p.copy() for p in originals]
+        target = fm.FlatParams(params) if path == "flat" else params
+        opt = extra.LAMB(target)
+        group = opt._groups[0]
+        segments = Segments(group.offsets, whole_tensors(group.params))
+        update = np.random.default_rng(6).standard_normal(group.numel).astype(dtype)
+        steps = workspace(extra._LAMB_APPLY, group, segments).values
+        steps[:, 0] = np.random.default_rng(7).uniform(1e-4, 1.0, len(shapes))
+        if use_stand_in:
+            extra._lamb_apply_numpy(steps, group, update)
+        else:
+            run(extra._LAMB_APPLY, group, "params", segments, steps, (), (update,))
+        results.append([np.array(p, copy=True) for p in group.params])
+    for a, b in zip(*results, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(results[0][0], originals[0])
+
+
 def test_lamb_trust_ratios_and_long_tensors(monkeypatch):
     import fastmoments._segmented as seg
 
