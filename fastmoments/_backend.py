@@ -28,7 +28,9 @@ class _Config:
         loop's), the step runs the serial loop, which gives the same results, and the
         parallel loop compiles (or loads from numba's on-disk cache) in a background
         thread; later steps use it once it is ready (:func:`fastmoments.wait_compiled`
-        waits for it). False: the step compiles the parallel loop itself.
+        waits for it). LAMB's second pass and trust ratios and SWATS's sum of its dot
+        products compile the same way on a cold start, with NumPy versions giving the
+        same results meanwhile. False: the step compiles what it needs itself.
     cuda_threads_per_block : int
         Threads per block of the CUDA kernels.
     cuda_max_blocks : int or None

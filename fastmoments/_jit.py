@@ -154,13 +154,14 @@ def _signature(loop, arguments: tuple) -> tuple | None:
 
 
 def loop_ready(loop, arguments: tuple) -> bool:
-    """Whether a step may call the parallel CPU loop ``loop`` on ``arguments`` now.
+    """Whether a step may call the jitted loop ``loop`` on ``arguments`` now.
 
     True when it is compiled for their types, when ``config.background_compile`` is
     off (the call compiles it), or when its background compilation ended (if that
     failed, the call compiles it again and raises what numba raises). False: the
-    caller calls :func:`compile_in_background` and runs the serial loop, which gives
-    the same results.
+    caller calls :func:`compile_in_background` and runs what gives the same results
+    meanwhile (the serial loop for a parallel one; a NumPy version for LAMB's second
+    pass and trust ratios and SWATS's column sums).
     """
     if not config.background_compile:
         return True
@@ -203,8 +204,8 @@ def start_compiling() -> None:
 
 
 def wait_compiled(timeout: float | None = None) -> bool:
-    """Wait for the parallel CPU loops compiling in the background (see
-    ``config.background_compile``).
+    """Wait for the CPU loops compiling in the background (the parallel loops, and the
+    loops a NumPy version stands in for meanwhile; see ``config.background_compile``).
 
     Parameters
     ----------
