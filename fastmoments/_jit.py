@@ -54,7 +54,7 @@ from numba.extending import intrinsic
 from ._backend import config
 
 __all__ = ["rule", "Kernel", "cpu_loop", "prepare_cpu_target", "loop_ready",
-           "compile_in_background", "start_compiling", "wait_compiled"]
+           "call_when_ready", "compile_in_background", "start_compiling", "wait_compiled"]
 
 _FASTMATH = False
 
@@ -187,6 +187,19 @@ def compile_in_background(loop, arguments: tuple) -> None:
     with _BACKGROUND_LOCK:
         if key not in _BACKGROUND and key not in _QUEUED:
             _QUEUED.append(key)
+
+
+def call_when_ready(loop, arguments: tuple, stand_in, *stand_in_args) -> bool:
+    """Call ``loop(*arguments)`` if :func:`loop_ready`; otherwise queue its compilation
+    (:func:`compile_in_background`) and call ``stand_in(*stand_in_args)``, which must
+    give the same results. Returns whether the loop ran (a caller may remember that
+    and call the loop directly from then on)."""
+    if loop_ready(loop, arguments):
+        loop(*arguments)
+        return True
+    compile_in_background(loop, arguments)
+    stand_in(*stand_in_args)
+    return False
 
 
 def start_compiling() -> None:

@@ -47,7 +47,14 @@ from numba.extending import intrinsic
 
 from . import _cpu
 from ._backend import config
-from ._jit import build_generated, compile_in_background, cpu_loop, loop_ready, source_hash
+from ._jit import (
+    build_generated,
+    call_when_ready,
+    compile_in_background,
+    cpu_loop,
+    loop_ready,
+    source_hash,
+)
 
 __all__ = ["Segments", "SegmentedKernel", "Workspace", "run", "workspace", "CHUNK"]
 
@@ -702,12 +709,8 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
         serial_arguments = (*arguments, 0, num_chunks)
         if stand_in is None or ws.serial_ready is serial:
             serial(*serial_arguments)
-        elif loop_ready(serial, serial_arguments):
-            ws.serial_ready = serial
-            serial(*serial_arguments)
-        else:  # a cold start: the loop compiles in the background, NumPy meanwhile
-            compile_in_background(serial, serial_arguments)
-            stand_in(values, *stand_in_args)
+        elif call_when_ready(serial, serial_arguments, stand_in, values, *stand_in_args):
+            ws.serial_ready = serial  # (a cold start: NumPy while the loop compiles)
     return segments.totals(ws.sums, ws.totals)
 
 

@@ -31,7 +31,7 @@ from numba import njit
 
 from . import _rules
 from ._base import Group, _full, _is_number
-from ._jit import Kernel, compile_in_background, loop_ready
+from ._jit import Kernel, call_when_ready
 from ._segmented import SegmentedKernel, Segments, run, whole_tensors, workspace
 from .flat import FlatParams
 from .optimizers import _Checked
@@ -283,10 +283,9 @@ class LAMB(_MultiPass):
         self._trust = [np.ones(len(g.params)) for g in self._groups]
         self.trust_ratios: list[np.ndarray] = list(self._trust)
         self._updates: list[Any] = [None] * len(self._groups)  # r_t, allocated on use
-        # the step-size buffer for which the jitted _lamb_trust was found compiled, and
-        # the buffers of its NumPy stand-in
+        # the step-size buffer for which the jitted _lamb_trust was found compiled
         self._trust_jitted: list[Any] = [None] * len(self._groups)
-        self._trust_scratch: list[Any] = [None] * len(self._groups)
+        self._stand_in_buffers: dict[int, tuple] = {}  # see _kept
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         beta1, beta2 = hyper["betas"]
@@ -321,17 +320,12 @@ class LAMB(_MultiPass):
         squares = run(first, group, source, segments, None, pass_scalars, first_states)
         trust = self._trust[k]
         steps = workspace(second, group, segments).values
+        arguments = (squares, lr, trust, steps)
         if self._trust_jitted[k] is steps:
-            _lamb_trust(squares, lr, trust, steps)
-        elif loop_ready(_lamb_trust, (squares, lr, trust, steps)):
+            _lamb_trust(*arguments)
+        elif call_when_ready(_lamb_trust, arguments, _lamb_trust_numpy, *arguments,
+                             self._stand_in_buffers):  # (a cold start: NumPy meanwhile)
             self._trust_jitted[k] = steps
-            _lamb_trust(squares, lr, trust, steps)
-        else:  # compiling in the background (a cold first step): NumPy meanwhile
-            compile_in_background(_lamb_trust, (squares, lr, trust, steps))
-            scratch = self._trust_scratch[k]
-            if scratch is None or scratch[0] is not steps:  # a new table or dtype
-                scratch = self._trust_scratch[k] = (steps, _trust_scratch(trust, steps))
-            _lamb_trust_numpy(squares, lr, scratch[1])
         if group.device == "cuda":
             run(second, group, source, segments, steps, second_scalars, second_states)
         else:  # on a cold start NumPy stands in while the loop compiles in the background
@@ -354,14 +348,24 @@ def _lamb_trust(squares, lr, trust, steps):
         steps[i, 0] = lr * ratio
 
 
-def _lamb_trust_numpy(squares: np.ndarray, lr: float, scratch: tuple) -> None:
-    """:func:`_lamb_trust` in NumPy ufuncs, into the buffers of ``scratch``
+def _kept(buffers: dict, array: np.ndarray, build: Callable[[], Any]) -> Any:
+    """What ``build()`` made for ``array``, kept in ``buffers`` (the NumPy stand-ins'
+    buffers, built once per workspace array)."""
+    entry = buffers.get(id(array))
+    if entry is None or entry[0] is not array:
+        entry = buffers[id(array)] = (array, build())
+    return entry[1]
+
+
+def _lamb_trust_numpy(squares: np.ndarray, lr: float, trust: np.ndarray, steps: np.ndarray,
+                      buffers: dict) -> None:
+    """:func:`_lamb_trust` in NumPy ufuncs, into buffers kept in ``buffers``
     (:func:`_trust_scratch`): the stand-in while the jitted loop compiles in the
     background (its compilation was 0.1 s of LAMB's cold first step; these calls cost
     about 4 us a step more than the loop). The same operations (float64 square roots
     and quotient, one rounding to the buffer dtype), so the same bits."""
     (norms, positive, both, trust, param_norm, direction_norm, param_positive,
-     direction_positive, steps) = scratch
+     direction_positive, steps) = _kept(buffers, steps, lambda: _trust_scratch(trust, steps))
     np.sqrt(squares, out=norms)
     np.greater(norms, 0.0, out=positive)
     np.logical_and(param_positive, direction_positive, out=both)
@@ -639,7 +643,7 @@ class SWATS(_MultiPass):
         self._dots = np.zeros(2)  # p.g and p.p of this step, over every group
         # the totals array (of the last group) for which _add_column_sums was found compiled
         self._sums_ready: Any = None
-        self._sum_scratch: dict[int, tuple] = {}  # see _add_column_sums_numpy
+        self._stand_in_buffers: dict[int, tuple] = {}  # see _kept
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"switched": 0.0, "switch_step": 0.0, "lambda": 0.0, "sgd_lr": 0.0,
@@ -712,12 +716,9 @@ class SWATS(_MultiPass):
         totals = run(_SWATS_ADAM, group, source, segments, None, args)
         if totals is self._sums_ready:
             _add_column_sums(totals, self._dots)
-        elif loop_ready(_add_column_sums, (totals, self._dots)):
-            self._sums_ready = totals
-            _add_column_sums(totals, self._dots)
-        else:  # compiling in the background (a cold first step): NumPy meanwhile
-            compile_in_background(_add_column_sums, (totals, self._dots))
-            _add_column_sums_numpy(totals, self._dots, self._sum_scratch)
+        elif call_when_ready(_add_column_sums, (totals, self._dots), _add_column_sums_numpy,
+                             totals, self._dots, self._stand_in_buffers):
+            self._sums_ready = totals  # (a cold start: NumPy while it compiles)
 
 
 @njit(cache=True, error_model="numpy")
@@ -730,18 +731,15 @@ def _add_column_sums(totals, out):
         out[k] += column
 
 
-def _add_column_sums_numpy(totals: np.ndarray, out: np.ndarray, scratch: dict) -> None:
+def _add_column_sums_numpy(totals: np.ndarray, out: np.ndarray, buffers: dict) -> None:
     """:func:`_add_column_sums` in NumPy, the stand-in while it compiles in the
     background (its compilation was 0.13-0.16 s of SWATS's cold first step): the rows
     added in order (``np.add.accumulate`` is sequential), so the same bits, into a
-    buffer kept in ``scratch`` per ``totals`` array."""
-    entry = scratch.get(id(totals))
-    if entry is None or entry[0] is not totals:
-        running = np.empty_like(totals)
-        entry = scratch[id(totals)] = (totals, running, running[-1] if len(running) else None)
-    if entry[2] is not None:
-        np.add.accumulate(totals, axis=0, out=entry[1])
-        np.add(out, entry[2], out=out)
+    buffer kept in ``buffers`` (:func:`_kept`) per ``totals`` array."""
+    if len(totals):
+        running = _kept(buffers, totals, lambda: np.empty_like(totals))
+        np.add.accumulate(totals, axis=0, out=running)
+        np.add(out, running[-1], out=out)
 
 
 # -------------------------------------------------------------------- Yogi

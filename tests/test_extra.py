@@ -257,7 +257,7 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
         trust_a, trust_b = np.full(40, 7.0), np.full(40, 7.0)
         steps_a, steps_b = np.full((40, 1), 7, dtype), np.full((40, 1), 7, dtype)
         extra._lamb_trust(squares, lr, trust_a, steps_a)
-        extra._lamb_trust_numpy(squares, lr, extra._trust_scratch(trust_b, steps_b))
+        extra._lamb_trust_numpy(squares, lr, trust_b, steps_b, {})
         np.testing.assert_array_equal(trust_a, trust_b)  # NaN where both are NaN
         np.testing.assert_array_equal(steps_a, steps_b)
         assert trust_a[0] == trust_a[1] == trust_a[2] == trust_a[3] == 1.0
