@@ -270,6 +270,31 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
         assert out_a.tobytes() == out_b.tobytes(), rows
 
 
+def test_per_segment_totals_stand_in_matches_its_loop():
+    """While the loop that adds the per-chunk sums of long segments compiles in the
+    background, NumPy adds them: the same bits (signed zeros, NaN and inf included)."""
+    from fastmoments import _segmented
+
+    rng = np.random.default_rng(4)
+    for chunks, segments in ((1, 1), (62, 1), (9, 4), (1000, 37)):
+        segment_of_chunk = np.sort(rng.integers(0, segments, chunks)).astype(np.int64)
+        sums = rng.standard_normal((chunks, 2)) * 10.0 ** rng.integers(-12, 12, (chunks, 2))
+        sums[0] = [-0.0, -0.0]
+        if chunks > 8:
+            sums[3:6, 1] = [np.nan, np.inf, -np.inf]
+            sums[6:8, 0] = [np.inf, -0.0]
+        out_a, out_b = np.full((segments, 2), 7.0), np.full((segments, 2), 7.0)
+        _segmented._add_per_segment(segment_of_chunk, sums, out_a)
+        _segmented._add_per_segment_numpy(segment_of_chunk, sums, out_b)
+        assert out_a.tobytes() == out_b.tobytes(), (chunks, segments)
+        # a mutation that sums the same numbers in another order fails where they round
+        if chunks == 1000:
+            shuffled = np.full((segments, 2), 7.0)
+            order = rng.permutation(chunks)
+            _segmented._add_per_segment_numpy(segment_of_chunk[order], sums[order], shuffled)
+            assert shuffled.tobytes() != out_a.tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("path", ["flat", "list"])
 def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
