@@ -277,6 +277,10 @@ class Optimizer:
         # class's step is the element-wise one
         self._hot_capable = (len(self._groups) == 1 and self._groups[0].device == "cpu"
                              and type(self)._run is Optimizer._run)
+        # the rule scalars the short path last packed into the group's scalars array
+        # (None: pack them); a rule whose scalars stay the same step after step (SGD,
+        # Adagrad, RMSprop, ... with a constant lr) then skips the packing
+        self._packed_scalars: tuple | None = None
         for group in self._groups:
             self._prepare(group, fresh=True)
         self._devices = {g.device for g in self._groups}
@@ -295,6 +299,11 @@ class Optimizer:
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {}
+
+    #: whether the rule's scalars can stay the same from step to step (a constant lr and
+    #: no bias correction: SGD, Adagrad, RMSprop, Adadelta, Lion); step()'s short path
+    #: then compares them with the last ones it packed and skips the packing when equal
+    _scalars_repeat: ClassVar[bool] = False
 
     def _scalars(self, hyper: dict[str, Any], lr: float, step: int, host: dict) -> tuple:
         """The rule's scalars after ``grad_mult, clip_value`` for step ``step`` (1-based)."""
@@ -461,7 +470,7 @@ class Optimizer:
         if hot is not None and type(grad_scale) is float and grad_scale == 1.0 and (
             grads is None if hot[0] else type(grads) is list and len(grads) == self._num_params
         ):  # the short path (see _hot_path): the same step as below, decided already
-            flat, group, threshold, pack, grad_mult, callee, arguments = hot
+            flat, group, threshold, pack, grad_mult, callee, arguments, repeats = hot
             if not group.hyper.dirty and config.parallel_threshold == threshold:
                 if not flat:
                     self._record_host_grads(group, grads, 0)
@@ -470,10 +479,15 @@ class Optimizer:
                     lr = _current(lr, self.step_count)
                 step = self.step_count + 1
                 rule_scalars = self._scalars(group.values, lr, step, group.host_state)
-                try:
-                    pack(group.scalar_bytes, 0, grad_mult, _INF, *rule_scalars)
-                except OverflowError:
-                    _pack(group, (grad_mult, _INF) + rule_scalars)
+                # the scalars array holds them already if they equal the last ones packed
+                # (SGD, Adagrad, ... with a constant lr; see _scalars_repeat): equal floats
+                # are the same bits, but for 0.0 and -0.0, which an lr of zero can make
+                if not repeats or rule_scalars != self._packed_scalars or not lr:
+                    try:
+                        pack(group.scalar_bytes, 0, grad_mult, _INF, *rule_scalars)
+                    except OverflowError:
+                        _pack(group, (grad_mult, _INF) + rule_scalars)
+                    self._packed_scalars = rule_scalars
                 callee(*arguments)
                 # last_step_skipped and last_grad_norm stay False and None: the step
                 # that built the short path set them, and no norm is computed here
@@ -543,6 +557,7 @@ class Optimizer:
         self.step_count = step
         self.last_step_skipped = False
         self.last_grad_norm = norm
+        self._packed_scalars = None  # the short path packs its first step's scalars
         if self._hot_capable and grad_mult == 1.0 and (
             pairs is self._lone_pairs or pairs is self._flat_pairs
         ):
@@ -569,7 +584,7 @@ class Optimizer:
         # no bound method of the optimizer here: it would make the optimizer reference
         # itself, and only the cyclic GC would free its state
         return (group.flat is not None, group, config.parallel_threshold, group.pack,
-                grad_mult, call[1], call[3])
+                grad_mult, call[1], call[3], self._scalars_repeat)
 
     def _collect(self, grads: Any) -> list[Any]:
         """Validate the gradients and say where each group reads them from.

@@ -211,6 +211,8 @@ class Lion(_Checked):
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _LION
 
+    _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
+
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         beta1, beta2 = hyper["betas"]
         return (1.0 - lr * hyper["weight_decay"], lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2)

@@ -148,6 +148,8 @@ class SGD(_Checked):
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _SGD_MOMENTUM if hyper["momentum"] != 0 else _SGD
 
+    _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
+
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         momentum = hyper["momentum"]
         if momentum == 0:
@@ -196,6 +198,8 @@ class Adagrad(_Checked):
     def _initial(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"sum": hyper["initial_accumulator_value"]}
 
+    _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
+
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         clr = lr / (1.0 + (step - 1) * hyper["lr_decay"])
         return (hyper["weight_decay"], clr, hyper["eps"])
@@ -238,6 +242,8 @@ class RMSprop(_Checked):
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _RMSPROP[(hyper["centered"], hyper["momentum"] > 0)]
 
+    _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
+
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         alpha = hyper["alpha"]
         base = (hyper["weight_decay"], lr, alpha, 1.0 - alpha, hyper["eps"])
@@ -275,6 +281,8 @@ class Adadelta(_Checked):
 
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _ADADELTA
+
+    _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
         rho = hyper["rho"]

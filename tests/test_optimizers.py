@@ -434,6 +434,88 @@ def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
     assert not np.array_equal(short[0], np.ones_like(short[0]))
 
 
+@pytest.mark.parametrize("path", ["flat", "list"])
+def test_short_path_packs_scalars_only_when_they_change(path):
+    """The short path leaves the scalars array as it is when a step's scalars equal the
+    last ones it packed (SGD, Adagrad, ... with a constant lr), and packs them when they
+    change, and whenever lr is zero (0.0 and -0.0 are equal, not the same bits; the lr
+    setter does not take the full path): the same parameters, bit for bit, as the full
+    path after every step."""
+
+    def run(short: bool) -> tuple[list[bytes], int]:
+        params = [np.zeros(4, np.float32), np.zeros(3, np.float32)]
+        target = fm.FlatParams(params) if path == "flat" else params
+        opt = fm.SGD(target, lr=0.5, momentum=0.5)
+        if not short:
+            opt._hot_capable = False
+        grads = [np.ones(4, np.float32), np.ones(3, np.float32)]
+        packs = 0
+        after = []  # the parameters after each step
+        for t in range(16):
+            if t == 4:
+                opt.lr = 0.0
+            elif t == 6:
+                opt.lr = -0.0
+            elif t == 8:
+                opt.lr = lambda step: -0.0 if step % 2 else 0.0
+            elif t == 12:
+                opt.lr = 0.25
+            if opt._hot is not None and not getattr(opt._hot[3], "counting", False):
+                hot = list(opt._hot)  # count the packs of this short path
+                pack = hot[3]
+
+                def counting(*args, pack=pack):
+                    nonlocal packs
+                    packs += 1
+                    pack(*args)
+
+                counting.counting = True
+                hot[3] = counting
+                opt._hot = tuple(hot)
+            data = target.data if path == "flat" else params
+            for p in ([data] if path == "flat" else data):
+                p[:] = -0.0  # p - lr * buf is -0.0 for lr = 0.0, 0.0 for lr = -0.0
+            if path == "flat":
+                target.grad[:] = 1.0
+                opt.step()
+            else:
+                opt.step(grads)
+            after.append(target.data.tobytes() if path == "flat"
+                         else b"".join(p.tobytes() for p in params))
+        return after, packs
+
+    (short, packs), (full, none) = run(True), run(False)
+    assert none == 0
+    assert short == full
+    assert short[5] != short[7]  # -0.0 - 0.0 * buf and -0.0 - (-0.0) * buf
+    # after the first (full) step every step takes the short path: those that repeat
+    # the last scalars with lr 0.5 or 0.25 (t = 2, 3, 13, 14, 15) do not pack
+    assert packs == 10, packs
+
+
+def test_short_path_compares_scalars_only_for_rules_that_repeat_them():
+    """Rules whose scalars change every step (bias corrections) pack them on every step
+    of the short path, without comparing; those without bias correction declare that
+    theirs repeat, and pack them once."""
+    repeat = {name for name in ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW",
+                                "Adamax", "NAdam", "RAdam", "Yogi")
+              if getattr(fm, name)._scalars_repeat}
+    assert repeat == {"SGD", "Adagrad", "RMSprop", "Adadelta"}
+    assert fm.extra.Lion._scalars_repeat and not fm.extra.AdaBelief._scalars_repeat
+    g = [np.ones(5, np.float32)]
+    for cls, expected in ((fm.Adagrad, 1), (fm.Adam, 6)):
+        opt = cls([np.zeros(5, np.float32)], lr=0.1)
+        opt.step(g)  # the full path, which builds the short one
+        packs = []
+        hot = list(opt._hot)
+        pack = hot[3]
+        hot[3] = lambda *args, pack=pack, packs=packs: (packs.append(args), pack(*args))
+        opt._hot = tuple(hot)
+        for _ in range(6):
+            opt.step(g)
+        assert len(packs) == expected, cls
+
+
 def test_short_path_keeps_no_reference_cycle():
     """What step() keeps for its short path does not reference the optimizer: dropping
     the last reference frees it (and its state buffers) without the cyclic GC."""
