@@ -434,6 +434,22 @@ def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
     assert not np.array_equal(short[0], np.ones_like(short[0]))
 
 
+def _count_short_path_packs(opt, packs: list) -> None:
+    """Make the short path step() built (if any, and not done already) append the
+    arguments of each scalar packing it makes to ``packs``."""
+    hot = opt._hot
+    if hot is None or getattr(hot[3], "counted", False):
+        return
+    pack = hot[3]
+
+    def counting(*args):
+        packs.append(args)
+        pack(*args)
+
+    counting.counted = True
+    opt._hot = (*hot[:3], counting, *hot[4:])
+
+
 @pytest.mark.parametrize("path", ["flat", "list"])
 def test_short_path_packs_scalars_only_when_they_change(path):
     """The short path leaves the scalars array as it is when a step's scalars equal the
@@ -449,7 +465,7 @@ def test_short_path_packs_scalars_only_when_they_change(path):
         if not short:
             opt._hot_capable = False
         grads = [np.ones(4, np.float32), np.ones(3, np.float32)]
-        packs = 0
+        packs: list = []
         after = []  # the parameters after each step
         for t in range(16):
             if t == 4:
@@ -460,18 +476,7 @@ def test_short_path_packs_scalars_only_when_they_change(path):
                 opt.lr = lambda step: -0.0 if step % 2 else 0.0
             elif t == 12:
                 opt.lr = 0.25
-            if opt._hot is not None and not getattr(opt._hot[3], "counting", False):
-                hot = list(opt._hot)  # count the packs of this short path
-                pack = hot[3]
-
-                def counting(*args, pack=pack):
-                    nonlocal packs
-                    packs += 1
-                    pack(*args)
-
-                counting.counting = True
-                hot[3] = counting
-                opt._hot = tuple(hot)
+            _count_short_path_packs(opt, packs)
             data = target.data if path == "flat" else params
             for p in ([data] if path == "flat" else data):
                 p[:] = -0.0  # p - lr * buf is -0.0 for lr = 0.0, 0.0 for lr = -0.0
@@ -482,7 +487,7 @@ def test_short_path_packs_scalars_only_when_they_change(path):
                 opt.step(grads)
             after.append(target.data.tobytes() if path == "flat"
                          else b"".join(p.tobytes() for p in params))
-        return after, packs
+        return after, len(packs)
 
     (short, packs), (full, none) = run(True), run(False)
     assert none == 0
@@ -506,11 +511,8 @@ def test_short_path_compares_scalars_only_for_rules_that_repeat_them():
     for cls, expected in ((fm.Adagrad, 1), (fm.Adam, 6)):
         opt = cls([np.zeros(5, np.float32)], lr=0.1)
         opt.step(g)  # the full path, which builds the short one
-        packs = []
-        hot = list(opt._hot)
-        pack = hot[3]
-        hot[3] = lambda *args, pack=pack, packs=packs: (packs.append(args), pack(*args))
-        opt._hot = tuple(hot)
+        packs: list = []
+        _count_short_path_packs(opt, packs)
         for _ in range(6):
             opt.step(g)
         assert len(packs) == expected, cls
