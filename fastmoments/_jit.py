@@ -54,7 +54,8 @@ from numba.extending import intrinsic
 from ._backend import config
 
 __all__ = ["rule", "Kernel", "cpu_loop", "prepare_cpu_target", "loop_ready",
-           "call_when_ready", "compile_in_background", "start_compiling", "wait_compiled"]
+           "call_when_ready", "WhenReady", "compile_in_background", "start_compiling",
+           "wait_compiled"]
 
 _FASTMATH = False
 
@@ -200,6 +201,28 @@ def call_when_ready(loop, arguments: tuple, stand_in, *stand_in_args) -> bool:
     compile_in_background(loop, arguments)
     stand_in(*stand_in_args)
     return False
+
+
+class WhenReady:
+    """:func:`call_when_ready` that remembers the loops it found compiled.
+
+    Each call names a ``key``: an object the caller keeps while the arguments keep
+    their types (the output or workspace array of a pass, or the loop itself). Once
+    the loop ran for a key, later calls with that key call it directly, without
+    :func:`loop_ready`'s type lookup; until then NumPy stands in while it compiles.
+    The keys are held (so that an identity is not reused while it is remembered).
+    """
+
+    __slots__ = ("_found",)
+
+    def __init__(self) -> None:
+        self._found: dict[int, object] = {}
+
+    def __call__(self, key: object, loop, arguments: tuple, stand_in, *stand_in_args) -> None:
+        if self._found.get(id(key)) is key:
+            loop(*arguments)
+        elif call_when_ready(loop, arguments, stand_in, *stand_in_args):
+            self._found[id(key)] = key
 
 
 def start_compiling() -> None:

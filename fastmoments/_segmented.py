@@ -48,8 +48,8 @@ from numba.extending import intrinsic
 from . import _cpu
 from ._backend import config
 from ._jit import (
+    WhenReady,
     build_generated,
-    call_when_ready,
     compile_in_background,
     cpu_loop,
     loop_ready,
@@ -118,8 +118,8 @@ class Segments:
         self._device: Any = None
         self._workspaces: dict[SegmentedKernel, Workspace] = {}
         self._bounds: dict[int, np.ndarray] = {}
-        # the ``out`` arrays of ``totals`` for which ``_add_per_segment`` was found compiled
-        self._totals_ready: dict[int, np.ndarray] = {}
+        # calls ``_add_per_segment`` (NumPy on a cold start), keyed by ``out``
+        self._add_per_segment = WhenReady()
 
     def group_bounds(self) -> np.ndarray:
         """The groups of chunks of the parallel CPU loop's ``prange``: group ``k`` is
@@ -165,11 +165,8 @@ class Segments:
             out = np.empty((self.num_segments, sums.shape[1]))
         if sums.shape[1]:
             arguments = (self.segment_of_chunk, sums, out)
-            if self._totals_ready.get(id(out)) is out:
-                _add_per_segment(*arguments)
-            elif call_when_ready(_add_per_segment, arguments, _add_per_segment_numpy,
-                                 *arguments):
-                self._totals_ready[id(out)] = out
+            self._add_per_segment(out, _add_per_segment, arguments, _add_per_segment_numpy,
+                                  *arguments)
         return out
 
     def device_chunks(self):
@@ -194,9 +191,11 @@ def _add_per_segment_numpy(segment_of_chunk, sums, out):
     """:func:`_add_per_segment` in NumPy, its stand-in while it compiles in the background
     (its compilation was 0.14 s of a cold first step of LAMB or SWATS over a 1e6-element
     tensor): ``np.add.at`` adds the rows unbuffered, in index order, so each total is
-    the same chain of additions from 0, the same bits."""
+    the same chain of additions from 0, the same bits (and, as in the loop, no warning
+    when a total overflows or adds inf to -inf)."""
     out.fill(0.0)
-    np.add.at(out, segment_of_chunk, sums)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.add.at(out, segment_of_chunk, sums)
 
 
 def _chunks_of(j: int, first_segment: int, outer: int, length: int, inner: int,
@@ -566,7 +565,7 @@ class Workspace:
     """
 
     __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
-                 "parallel_ready", "serial_ready", "_pack", "_scalar_bytes", "_grad_source",
+                 "parallel_ready", "serial", "_pack", "_scalar_bytes", "_grad_source",
                  "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
 
     def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
@@ -588,8 +587,8 @@ class Workspace:
         self._grad_source: Any = None
         #: the pass's parallel CPU loop is compiled for these buffers (see ``run``)
         self.parallel_ready = False
-        #: the serial loop found compiled for these buffers (a pass with a stand-in)
-        self.serial_ready: Any = None
+        #: calls the serial loop of a pass with a NumPy stand-in (see ``run``)
+        self.serial = WhenReady()
         self._offset_bytes = offsets[:-1] * self.dtype.itemsize
         self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
         self._device_buffers: Any = None
@@ -725,10 +724,10 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             compile_in_background(loop, parallel_arguments)
         serial = kernel.contiguous_serial if segments.contiguous else kernel.serial
         serial_arguments = (*arguments, 0, num_chunks)
-        if stand_in is None or ws.serial_ready is serial:
+        if stand_in is None:
             serial(*serial_arguments)
-        elif call_when_ready(serial, serial_arguments, stand_in, values, *stand_in_args):
-            ws.serial_ready = serial  # (a cold start: NumPy while the loop compiles)
+        else:  # (a cold start: NumPy while the loop compiles)
+            ws.serial(serial, serial, serial_arguments, stand_in, values, *stand_in_args)
     return segments.totals(ws.sums, ws.totals)
 
 

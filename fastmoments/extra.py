@@ -31,7 +31,7 @@ from numba import njit
 
 from . import _rules
 from ._base import Group, _full, _is_number
-from ._jit import Kernel, call_when_ready
+from ._jit import Kernel, WhenReady
 from ._segmented import SegmentedKernel, Segments, run, whole_tensors, workspace
 from .flat import FlatParams
 from .optimizers import _Checked
@@ -285,8 +285,8 @@ class LAMB(_MultiPass):
         self._trust = [np.ones(len(g.params)) for g in self._groups]
         self.trust_ratios: list[np.ndarray] = list(self._trust)
         self._updates: list[Any] = [None] * len(self._groups)  # r_t, allocated on use
-        # the step-size buffer for which the jitted _lamb_trust was found compiled
-        self._trust_jitted: list[Any] = [None] * len(self._groups)
+        # calls _lamb_trust (NumPy on a cold start), keyed by the group's step sizes
+        self._lamb_trust = WhenReady()
         self._stand_in_buffers: dict[int, tuple] = {}  # see _kept
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
@@ -323,11 +323,8 @@ class LAMB(_MultiPass):
         trust = self._trust[k]
         steps = workspace(second, group, segments).values
         arguments = (squares, lr, trust, steps)
-        if self._trust_jitted[k] is steps:
-            _lamb_trust(*arguments)
-        elif call_when_ready(_lamb_trust, arguments, _lamb_trust_numpy, *arguments,
-                             self._stand_in_buffers):  # (a cold start: NumPy meanwhile)
-            self._trust_jitted[k] = steps
+        self._lamb_trust(steps, _lamb_trust, arguments, _lamb_trust_numpy, *arguments,
+                         self._stand_in_buffers)
         if group.device == "cuda":
             run(second, group, source, segments, steps, second_scalars, second_states)
         else:  # on a cold start NumPy stands in while the loop compiles in the background
@@ -372,9 +369,9 @@ def _lamb_trust_numpy(squares: np.ndarray, lr: float, trust: np.ndarray, steps: 
     np.greater(norms, 0.0, out=positive)
     np.logical_and(param_positive, direction_positive, out=both)
     trust.fill(1.0)
-    with np.errstate(invalid="ignore"):  # inf / inf is NaN, silently, as in the loop
-        np.divide(param_norm, direction_norm, out=trust, where=both)
-    np.multiply(trust, lr, out=steps)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf / inf is NaN, silently,
+        np.divide(param_norm, direction_norm, out=trust, where=both)  # as in the loop
+        np.multiply(trust, lr, out=steps)
 
 
 def _lamb_apply_numpy(steps: np.ndarray, group: Group, update: np.ndarray) -> None:
@@ -382,15 +379,16 @@ def _lamb_apply_numpy(steps: np.ndarray, group: Group, update: np.ndarray) -> No
     \gamma\,\mathrm{trust}\; r` per tensor) in NumPy: the stand-in while its loop
     compiles in the background on a cold start (0.22-0.25 s of LAMB's first step). The
     same product and difference in the buffer dtype, so the same bits; it overwrites
-    ``update`` (pass 1 writes it again next step)."""
+    ``update`` (pass 1 writes it again next step). Silent on inf and NaN, as the loop."""
     offsets = group.offsets
-    for j, param in enumerate(group.params):
-        start, stop = offsets[j], offsets[j + 1]
-        if stop > start:
-            direction = update[start:stop]
-            flat = param.reshape(-1)
-            np.multiply(direction, steps[j, 0], out=direction)
-            np.subtract(flat, direction, out=flat)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j, param in enumerate(group.params):
+            start, stop = offsets[j], offsets[j + 1]
+            if stop > start:
+                direction = update[start:stop]
+                flat = param.reshape(-1)
+                np.multiply(direction, steps[j, 0], out=direction)
+                np.subtract(flat, direction, out=flat)
 
 
 def _trust_scratch(trust: np.ndarray, steps: np.ndarray) -> tuple:
@@ -643,8 +641,8 @@ class SWATS(_MultiPass):
                                       nesterov=nesterov, maximize=maximize,
                                       switch_tol=switch_tol), **options)
         self._dots = np.zeros(2)  # p.g and p.p of this step, over every group
-        # the totals array (of the last group) for which _add_column_sums was found compiled
-        self._sums_ready: Any = None
+        # calls _add_column_sums (NumPy on a cold start), keyed by the totals array
+        self._add_column_sums = WhenReady()
         self._stand_in_buffers: dict[int, tuple] = {}  # see _kept
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
@@ -716,11 +714,8 @@ class SWATS(_MultiPass):
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
         totals = run(_SWATS_ADAM, group, source, segments, None, args)
-        if totals is self._sums_ready:
-            _add_column_sums(totals, self._dots)
-        elif call_when_ready(_add_column_sums, (totals, self._dots), _add_column_sums_numpy,
-                             totals, self._dots, self._stand_in_buffers):
-            self._sums_ready = totals  # (a cold start: NumPy while it compiles)
+        self._add_column_sums(totals, _add_column_sums, (totals, self._dots),
+                              _add_column_sums_numpy, totals, self._dots, self._stand_in_buffers)
 
 
 @njit(cache=True, error_model="numpy")
@@ -737,11 +732,13 @@ def _add_column_sums_numpy(totals: np.ndarray, out: np.ndarray, buffers: dict) -
     """:func:`_add_column_sums` in NumPy, the stand-in while it compiles in the
     background (its compilation was 0.13-0.16 s of SWATS's cold first step): the rows
     added in order (``np.add.accumulate`` is sequential), so the same bits, into a
-    buffer kept in ``buffers`` (:func:`_kept`) per ``totals`` array."""
+    buffer kept in ``buffers`` (:func:`_kept`) per ``totals`` array. Silent on inf and
+    NaN, as the loop."""
     if len(totals):
         running = _kept(buffers, totals, lambda: np.empty_like(totals))
-        np.add.accumulate(totals, axis=0, out=running)
-        np.add(out, running[-1], out=out)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.add.accumulate(totals, axis=0, out=running)
+            np.add(out, running[-1], out=out)
 
 
 # -------------------------------------------------------------------- Yogi

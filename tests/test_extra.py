@@ -248,7 +248,11 @@ def test_ndadam_rejects_bad_axis():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
     """While LAMB's trust-ratio loop and SWATS's column sums compile in the background,
-    a step runs NumPy versions of them: the same bits, zeros, NaN and inf included."""
+    a step runs NumPy versions of them: the same bits, zeros, NaN and inf included, and
+    no warning (the loops give none)."""
+    import warnings
+
+    warnings.simplefilter("error")  # (pytest restores the filters after the test)
     rng = np.random.default_rng(3)
     squares = np.abs(rng.standard_normal((40, 2))) * 10.0 ** rng.integers(-30, 30, (40, 2))
     squares[:4] = [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [np.nan, 1.0]]
@@ -261,9 +265,22 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
         np.testing.assert_array_equal(trust_a, trust_b)  # NaN where both are NaN
         np.testing.assert_array_equal(steps_a, steps_b)
         assert trust_a[0] == trust_a[1] == trust_a[2] == trust_a[3] == 1.0
+    squares[8:10] = [[1e300, 1e-320], [1e300, 1e222]]  # trust overflows; lr * 1e39 in f32
+    for lr in (1e-3, 0.1, 3.0):
+        trust_a, trust_b = np.full(40, 7.0), np.full(40, 7.0)
+        steps_a, steps_b = np.full((40, 1), 7, dtype), np.full((40, 1), 7, dtype)
+        extra._lamb_trust(squares, lr, trust_a, steps_a)
+        extra._lamb_trust_numpy(squares, lr, trust_b, steps_b, {})
+        np.testing.assert_array_equal(trust_a, trust_b)  # NaN where both are NaN
+        np.testing.assert_array_equal(steps_a, steps_b)
+        assert trust_a[0] == trust_a[1] == trust_a[2] == trust_a[3] == 1.0
+    assert np.isinf(trust_a[8]) and np.isinf(steps_a[8, 0])
+    assert np.isinf(steps_a[9, 0]) == (dtype == np.float32)  # (the last lr: 3)
     scratch: dict = {}
     for rows in (0, 1, 2, 7, 1000):
         totals = rng.standard_normal((rows, 2)) * 10.0 ** rng.integers(-12, 12, (rows, 2))
+        if rows == 7:  # inf + -inf is NaN; 1e308 + 1e308 overflows
+            totals[:, 0], totals[:, 1] = [1, np.inf, -np.inf, 2, 0, -0.0, 1], 1e308
         out_a, out_b = np.array([0.5, -2.0]), np.array([0.5, -2.0])
         extra._add_column_sums(totals, out_a)
         extra._add_column_sums_numpy(totals, out_b, scratch)
@@ -272,7 +289,10 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
 
 def test_per_segment_totals_stand_in_matches_its_loop():
     """While the loop that adds the per-chunk sums of long segments compiles in the
-    background, NumPy adds them: the same bits (signed zeros, NaN and inf included)."""
+    background, NumPy adds them: the same bits (signed zeros, NaN and inf included), and
+    no warning where the loop gives none (inf + -inf)."""
+    import warnings
+
     from fastmoments import _segmented
 
     rng = np.random.default_rng(4)
@@ -285,7 +305,9 @@ def test_per_segment_totals_stand_in_matches_its_loop():
             sums[6:8, 0] = [np.inf, -0.0]
         out_a, out_b = np.full((segments, 2), 7.0), np.full((segments, 2), 7.0)
         _segmented._add_per_segment(segment_of_chunk, sums, out_a)
-        _segmented._add_per_segment_numpy(segment_of_chunk, sums, out_b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _segmented._add_per_segment_numpy(segment_of_chunk, sums, out_b)
         assert out_a.tobytes() == out_b.tobytes(), (chunks, segments)
         # a mutation that sums the same numbers in another order fails where they round
         if chunks == 1000:
@@ -299,7 +321,10 @@ def test_per_segment_totals_stand_in_matches_its_loop():
 @pytest.mark.parametrize("path", ["flat", "list"])
 def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
     """On a cold start NumPy stands in for LAMB's second CPU pass while its loop compiles
-    in the background: the same parameters, bit for bit."""
+    in the background: the same parameters, bit for bit, inf and NaN included, and no
+    warning (the loop gives none)."""
+    import warnings
+
     from fastmoments._segmented import Segments, run, whole_tensors, workspace
 
     rng = np.random.default_rng(5)
@@ -315,14 +340,24 @@ def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
         update = np.random.default_rng(6).standard_normal(group.numel).astype(dtype)
         steps = workspace(extra._LAMB_APPLY, group, segments).values
         steps[:, 0] = np.random.default_rng(7).uniform(1e-4, 1.0, len(shapes))
+        # inf - inf and inf * 0 are NaN; a product that overflows (silent, as the loop)
+        group.params[0].reshape(-1)[0] = np.inf
+        update[:3] = [np.inf, -np.inf, np.nan]
+        update[35], steps[1, 0] = np.inf, 0.0
+        update[36], steps[2, 0] = np.finfo(dtype).max, 4.0
         if use_stand_in:
-            extra._lamb_apply_numpy(steps, group, update)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                extra._lamb_apply_numpy(steps, group, update)
         else:
             run(extra._LAMB_APPLY, group, "params", segments, steps, (), (update,))
         results.append([np.array(p, copy=True) for p in group.params])
     for a, b in zip(*results, strict=True):
         assert a.tobytes() == b.tobytes()
     assert not np.array_equal(results[0][0], originals[0])
+    first, _, third, _ = (r.reshape(-1) for r in results[0])
+    assert np.isnan(first[0]) and np.isinf(first[1]) and np.isnan(first[2])
+    assert np.isnan(results[0][1][0]) and np.isneginf(third[0])
 
 
 def test_lamb_trust_ratios_and_long_tensors(monkeypatch):
