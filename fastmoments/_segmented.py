@@ -165,8 +165,11 @@ class Segments:
             out = np.empty((self.num_segments, sums.shape[1]))
         if sums.shape[1]:
             arguments = (self.segment_of_chunk, sums, out)
-            self._add_per_segment(out, _add_per_segment, arguments, _add_per_segment_numpy,
-                                  *arguments)
+            if self._add_per_segment.get(id(out)) is out:
+                _add_per_segment(*arguments)
+            else:
+                self._add_per_segment.call(out, _add_per_segment, arguments,
+                                           _add_per_segment_numpy, *arguments)
         return out
 
     def device_chunks(self):
@@ -724,10 +727,10 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             compile_in_background(loop, parallel_arguments)
         serial = kernel.contiguous_serial if segments.contiguous else kernel.serial
         serial_arguments = (*arguments, 0, num_chunks)
-        if stand_in is None:
+        if stand_in is None or ws.serial.get(id(serial)) is serial:
             serial(*serial_arguments)
         else:  # (a cold start: NumPy while the loop compiles)
-            ws.serial(serial, serial, serial_arguments, stand_in, values, *stand_in_args)
+            ws.serial.call(serial, serial, serial_arguments, stand_in, values, *stand_in_args)
     return segments.totals(ws.sums, ws.totals)
 
 

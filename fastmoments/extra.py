@@ -323,8 +323,11 @@ class LAMB(_MultiPass):
         trust = self._trust[k]
         steps = workspace(second, group, segments).values
         arguments = (squares, lr, trust, steps)
-        self._lamb_trust(steps, _lamb_trust, arguments, _lamb_trust_numpy, *arguments,
-                         self._stand_in_buffers)
+        if self._lamb_trust.get(id(steps)) is steps:
+            _lamb_trust(*arguments)
+        else:  # (a cold start: NumPy while it compiles)
+            self._lamb_trust.call(steps, _lamb_trust, arguments, _lamb_trust_numpy, *arguments,
+                                  self._stand_in_buffers)
         if group.device == "cuda":
             run(second, group, source, segments, steps, second_scalars, second_states)
         else:  # on a cold start NumPy stands in while the loop compiles in the background
@@ -714,8 +717,12 @@ class SWATS(_MultiPass):
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
         totals = run(_SWATS_ADAM, group, source, segments, None, args)
-        self._add_column_sums(totals, _add_column_sums, (totals, self._dots),
-                              _add_column_sums_numpy, totals, self._dots, self._stand_in_buffers)
+        if self._add_column_sums.get(id(totals)) is totals:
+            _add_column_sums(totals, self._dots)
+        else:  # (a cold start: NumPy while it compiles)
+            self._add_column_sums.call(totals, _add_column_sums, (totals, self._dots),
+                                       _add_column_sums_numpy, totals, self._dots,
+                                       self._stand_in_buffers)
 
 
 @njit(cache=True, error_model="numpy")

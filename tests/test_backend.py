@@ -225,7 +225,8 @@ def test_background_compile_of_parallel_loops(tmp_path):
 
 def test_when_ready_stands_in_until_compiled_then_remembers_the_key(monkeypatch):
     """``_jit.WhenReady``: NumPy stands in while the loop compiles in the background;
-    once the loop ran for a key, that key skips the type lookup; another key does not."""
+    once the loop ran for a key, the key is remembered (the caller then calls the loop
+    itself); another key is remembered once its loop ran."""
     from numba import njit
 
     from fastmoments import _jit
@@ -241,16 +242,13 @@ def test_when_ready_stands_in_until_compiled_then_remembers_the_key(monkeypatch)
     monkeypatch.setattr(fm.config, "background_compile", True)
     when_ready, calls = _jit.WhenReady(), []
     first, second = np.zeros(3), np.zeros(3)
-    when_ready(first, add_one, (first,), add_one_numpy, first, calls)
-    assert calls == ["stand-in"] and not add_one.overloads
+    when_ready.call(first, add_one, (first,), add_one_numpy, first, calls)
+    assert calls == ["stand-in"] and not add_one.overloads and id(first) not in when_ready
     assert fm.wait_compiled(120) and add_one.overloads
-    when_ready(first, add_one, (first,), add_one_numpy, first, calls)  # the loop; remembered
+    when_ready.call(first, add_one, (first,), add_one_numpy, first, calls)  # the loop
     assert calls == ["stand-in"] and np.array_equal(first, [2.0, 2.0, 2.0])
+    assert when_ready.get(id(first)) is first  # remembered: the caller calls the loop
 
-    looked_up = []
-    real_loop_ready = _jit.loop_ready
-    monkeypatch.setattr(_jit, "loop_ready", lambda *a: looked_up.append(1) or real_loop_ready(*a))
-    when_ready(first, add_one, (first,), add_one_numpy, first, calls)
-    assert looked_up == [] and np.array_equal(first, [3.0, 3.0, 3.0])
-    when_ready(second, add_one, (second,), add_one_numpy, second, calls)  # a new key
-    assert looked_up == [1] and calls == ["stand-in"] and np.array_equal(second, [1.0, 1.0, 1.0])
+    when_ready.call(second, add_one, (second,), add_one_numpy, second, calls)  # a new key
+    assert calls == ["stand-in"] and np.array_equal(second, [1.0, 1.0, 1.0])
+    assert when_ready.get(id(second)) is second and len(when_ready) == 2
