@@ -70,7 +70,7 @@ __all__ = [
     "Case", "Timing", "add_arguments", "run", "main", "optimizer_classes", "rule_states",
     "require_cuda", "traffic", "ceiling_kernel", "cuda_ceiling_kernel", "fastmoments_case",
     "ceiling_case", "ceiling_for", "multipass_ceiling_case", "pass_ceiling_kernel",
-    "torch_case", "numpy_case", "time_step", "time_steps", "first_step",
+    "device_copy_case", "torch_case", "numpy_case", "time_step", "time_steps", "first_step",
     "machine_info",
 ]
 
@@ -469,6 +469,22 @@ def ceiling_case(n_states: int, n: int, dtype: Any = np.float32, backend: str = 
         kernel(*arrays)
 
     return Case(step, n_states, n, np.dtype(dtype).itemsize, 1, _noop, (arrays,))
+
+
+def device_copy_case(n: int, dtype: Any = np.float32, seed: int = 0) -> Case:
+    """A device-to-device copy of one buffer of ``n`` elements (``cuMemcpyDtoD``): the
+    device's copy bandwidth, the figure GPU vendors and torch users quote (bytes read
+    plus bytes written). One read and one write per element, into a buffer it does not
+    read, so its traffic is ``1r/1w(1new)``."""
+    cuda = require_cuda()
+    source = cuda.to_device(_host_data(n, dtype, seed)[0])
+    target = cuda.device_array_like(source)
+
+    def step() -> None:
+        target.copy_to_device(source)
+
+    return Case(step, 0, n, np.dtype(dtype).itemsize, 1, cuda.synchronize, (source, target),
+                ((1, 1, n, 1),))
 
 
 def torch_case(rule: str, impl: str, n: int, dtype: Any = np.float32, path: str = "flat",
@@ -891,6 +907,7 @@ class _Runner:
         self.crossover_rows: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.ceilings: dict[tuple, dict[str, Any]] = {}
+        self.copies: dict[tuple, dict[str, Any]] = {}  # (size, dtype): device-copy row
         self.jobs: list[_Job] = []
         self.torch_ok = False
         if "torch" in args.compare:
@@ -961,6 +978,15 @@ class _Runner:
         self.rows.append(row)
         del case, ceiling, cases
 
+    def _measure_copy(self, size: int, dtype: str) -> None:
+        """The device's copy bandwidth at ``size`` (``--backend cuda``): a row of its own,
+        and each CUDA row of that size and dtype gets its fraction of it (``_finish``)."""
+        case = device_copy_case(size, dtype)
+        timing = time_steps([case], self.args.budget)[0]
+        row = self._row("sizes", "device-copy", None, "flat", size, dtype, None, case, timing)
+        self.copies[(size, dtype)] = row
+        self.rows.append(row)
+
     def _record_ceiling(self, key: tuple, scenario: str, case: Case, timing: Timing) -> None:
         # the ceiling of a traffic/size/dtype/threads: the best of all its measurements
         _, size, dtype, threads = key
@@ -981,6 +1007,11 @@ class _Runner:
     def _finish(self) -> None:
         for row in self.ceilings.values():
             row.pop("_medians", None)
+        for row in self.rows:
+            copy = self.copies.get((row["size"], row["dtype"]))
+            if copy is not None and row is not copy:
+                row["copy_gbps"] = copy["gbps"]
+                row["fraction_of_copy"] = row["gbps"] / copy["gbps"]
         self.notes = list(dict.fromkeys(self.notes))
 
     # ----------------------------------------------------------------- plan
@@ -1028,6 +1059,10 @@ class _Runner:
         for dtype in a.dtypes:
             for threads in thread_list:
                 for size in a.sizes:
+                    if a.backend == "cuda":  # the device's copy bandwidth at this size
+                        self.jobs.append(_Job(
+                            f"device copy {_fmt_size(size)} {dtype}",
+                            lambda size=size, dtype=dtype: self._measure_copy(size, dtype)))
                     family("sizes", size, dtype, threads, a.paths, a.paths, a.chunk)
                 if a.tiny:
                     family("tiny", TINY_SIZE, dtype, threads, a.paths, ["list"], TINY_SIZE)
@@ -1256,6 +1291,19 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
                        "traffic column lists the passes, and the ceiling makes the same passes "
                        "(\"(1new)\": one of the writes goes to a buffer the pass does not read)")
         out.append("")
+    for (size, dtype), copy in runner.copies.items():
+        fractions = [r["fraction_of_copy"] for r in runner.rows
+                     if r["impl"] == "fastmoments" and r["size"] == size and r["dtype"] == dtype
+                     and "fraction_of_copy" in r]
+        ceilings = ", ".join(f"{r['traffic']} {r['fraction_of_copy']:.2f}"
+                             for r in runner.ceilings.values()
+                             if r["size"] == size and r["dtype"] == dtype)
+        out.append(f"device copy {_fmt_size(size)} {dtype}: {copy['gbps']:.1f} GB/s (bytes "
+                   f"read + written); of it: ceilings {ceilings or '-'}"
+                   + (f"; fastmoments rows {min(fractions):.2f}-{max(fractions):.2f}"
+                      if fractions else ""))
+    if runner.copies:
+        out.append("")
     if runner.crossover_rows:
         lines = [[r["rule"], r["path"], r["dtype"], str(r["threads"]), _fmt_size(r["size"]),
                   str(r["arrays"]), _fmt_time(r["serial_min_s"]), _fmt_time(r["parallel_min_s"]),
@@ -1317,6 +1365,8 @@ def _plot(doc: dict, filename: str) -> None:
     rows = [r for r in rows if (r["threads"] or 0) == threads and r["dtype"] == dtype]
     rules = list(dict.fromkeys(r["rule"] for r in rows if r["rule"]))
     best = {(r["traffic"], r["size"]): r["gbps"] for r in rows if r["impl"] == "ceiling"}
+    copies = sorted((r["size"], r["gbps"]) for r in rows if r["impl"] == "device-copy")
+    rows = [r for r in rows if r["impl"] != "device-copy"]
     ncols = 2 if len(rules) > 1 else 1
     nrows = math.ceil(len(rules) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 3.6 * nrows), squeeze=False,
@@ -1326,6 +1376,8 @@ def _plot(doc: dict, filename: str) -> None:
         ceiling = sorted((size, g) for (t, size), g in best.items() if t == mine[0]["traffic"])
         if ceiling:
             ax.plot(*zip(*ceiling, strict=True), "k--", lw=2, label="ceiling (best in the run)")
+        if copies:
+            ax.plot(*zip(*copies, strict=True), ":", color="0.5", lw=2, label="device copy")
         for impl, path in dict.fromkeys((r["impl"], r["path"]) for r in mine):
             pts = sorted((r["size"], r["gbps"]) for r in mine
                          if r["impl"] == impl and r["path"] == path)
@@ -1334,8 +1386,8 @@ def _plot(doc: dict, filename: str) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         star = "" if mine[0].get("single_pass", True) else ", more than one pass"
-        ax.set_title(f"{rule} ({mine[0]['traffic']}{star}, {dtype}, {threads} threads)",
-                     fontsize=10)
+        where = "GPU" if mine[0]["backend"] == "cuda" else f"{threads} threads"
+        ax.set_title(f"{rule} ({mine[0]['traffic']}{star}, {dtype}, {where})", fontsize=10)
         ax.set_ylabel("GB/s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -1344,8 +1396,9 @@ def _plot(doc: dict, filename: str) -> None:
     for ax in axes[-1]:
         ax.set_xlabel("elements")
     info = doc["machine"]
-    fig.suptitle(f"fastmoments bench, {info['cpu']}, {info['usable_cores']} cores, "
-                 f"{info['date'][:10]}", fontsize=10)
+    machine = (f"GPU {info['gpu']}" if "gpu" in info
+               else f"{info['cpu']}, {info['usable_cores']} cores")
+    fig.suptitle(f"fastmoments bench, {machine}, {info['date'][:10]}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))
     fig.savefig(filename, dpi=110)
     plt.close(fig)

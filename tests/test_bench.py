@@ -296,7 +296,27 @@ def test_cuda_backend_under_the_simulator():
     doc = json.loads(proc.stdout)
     rows = doc["results"]
     assert {(r["impl"], r["path"]) for r in rows} == {
-        ("ceiling", "flat"), ("fastmoments", "flat"), ("fastmoments", "list")}
+        ("device-copy", "flat"), ("ceiling", "flat"), ("fastmoments", "flat"),
+        ("fastmoments", "list")}
     assert all(r["backend"] == "cuda" and r["threads"] is None for r in rows)
     assert all(_positive(r["gbps"]) for r in rows)
     assert next(r for r in rows if r["path"] == "list")["arrays"] == 3
+    # the device's copy bandwidth: one read and one write of 40 float32 per step, and
+    # every other row's GB/s as a fraction of it
+    copy = next(r for r in rows if r["impl"] == "device-copy")
+    assert copy["traffic"] == "1r/1w(1new)" and copy["bytes_per_step"] == 2 * 40 * 4
+    for r in rows:
+        if r is not copy:
+            assert r["copy_gbps"] == copy["gbps"]
+            assert math.isclose(r["fraction_of_copy"], r["gbps"] / copy["gbps"])
+
+
+def test_device_copy_case_copies_the_buffer():
+    """The device-copy row times a real copy (under the simulator here)."""
+    case = bench.device_copy_case(37, np.float32, seed=3)
+    source, target = case.keep
+    case.step()
+    case.sync()
+    expected = source.copy_to_host()
+    assert np.array_equal(target.copy_to_host(), expected) and np.any(expected != 0)
+    assert case.bytes_per_step == 2 * 37 * 4 and case.single_pass

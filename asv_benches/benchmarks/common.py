@@ -7,6 +7,8 @@ benchmarks measure the same thing.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import fastmoments
@@ -39,11 +41,14 @@ TRACK_BUDGET = 0.2
 def skip_combination(size: int, dtype: str, path: str, backend: str) -> None:
     """Raise NotImplementedError (asv: skipped) for combinations not worth running.
 
-    Skipped: CUDA without a usable device; 5e7 elements except float32 flat (one
+    Skipped: CUDA without a usable device, or under numba's CUDA simulator (not a GPU
+    figure, and hours at these sizes); 5e7 elements except float32 flat (one
     large-buffer point is enough); float64 above 1e6 elements (float32 covers the
     large sizes; keeps ``asv run --quick`` shorter).
     """
     if backend == "cuda":
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            raise NotImplementedError("numba's CUDA simulator is not a GPU")
         try:
             bench.require_cuda()
         except RuntimeError as exc:
