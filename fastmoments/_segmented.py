@@ -118,8 +118,8 @@ class Segments:
         self._device: Any = None
         self._workspaces: dict[SegmentedKernel, Workspace] = {}
         self._bounds: dict[int, np.ndarray] = {}
-        # calls ``_add_per_segment`` (NumPy on a cold start), keyed by ``out``
-        self._add_per_segment = WhenReady()
+        # the ``out`` arrays for which ``_add_per_segment`` was found compiled
+        self._totals_ready = WhenReady()
 
     def group_bounds(self) -> np.ndarray:
         """The groups of chunks of the parallel CPU loop's ``prange``: group ``k`` is
@@ -165,11 +165,11 @@ class Segments:
             out = np.empty((self.num_segments, sums.shape[1]))
         if sums.shape[1]:
             arguments = (self.segment_of_chunk, sums, out)
-            if self._add_per_segment.get(id(out)) is out:
+            if self._totals_ready.get(id(out)) is out:
                 _add_per_segment(*arguments)
             else:
-                self._add_per_segment.call(out, _add_per_segment, arguments,
-                                           _add_per_segment_numpy, *arguments)
+                self._totals_ready.call(out, _add_per_segment, arguments,
+                                        _add_per_segment_numpy, *arguments)
         return out
 
     def device_chunks(self):
@@ -568,7 +568,7 @@ class Workspace:
     """
 
     __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
-                 "parallel_ready", "serial", "_pack", "_scalar_bytes", "_grad_source",
+                 "parallel_ready", "serial_ready", "_pack", "_scalar_bytes", "_grad_source",
                  "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
 
     def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
@@ -590,8 +590,8 @@ class Workspace:
         self._grad_source: Any = None
         #: the pass's parallel CPU loop is compiled for these buffers (see ``run``)
         self.parallel_ready = False
-        #: calls the serial loop of a pass with a NumPy stand-in (see ``run``)
-        self.serial = WhenReady()
+        #: the serial loops found compiled for these buffers (a pass with a stand-in)
+        self.serial_ready = WhenReady()
         self._offset_bytes = offsets[:-1] * self.dtype.itemsize
         self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
         self._device_buffers: Any = None
@@ -727,10 +727,11 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             compile_in_background(loop, parallel_arguments)
         serial = kernel.contiguous_serial if segments.contiguous else kernel.serial
         serial_arguments = (*arguments, 0, num_chunks)
-        if stand_in is None or ws.serial.get(id(serial)) is serial:
+        if stand_in is None or ws.serial_ready.get(id(serial)) is serial:
             serial(*serial_arguments)
         else:  # (a cold start: NumPy while the loop compiles)
-            ws.serial.call(serial, serial, serial_arguments, stand_in, values, *stand_in_args)
+            ws.serial_ready.call(serial, serial, serial_arguments, stand_in, values,
+                                  *stand_in_args)
     return segments.totals(ws.sums, ws.totals)
 
 

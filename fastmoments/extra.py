@@ -285,8 +285,8 @@ class LAMB(_MultiPass):
         self._trust = [np.ones(len(g.params)) for g in self._groups]
         self.trust_ratios: list[np.ndarray] = list(self._trust)
         self._updates: list[Any] = [None] * len(self._groups)  # r_t, allocated on use
-        # calls _lamb_trust (NumPy on a cold start), keyed by the group's step sizes
-        self._lamb_trust = WhenReady()
+        # the step-size buffers for which the jitted _lamb_trust was found compiled
+        self._trust_ready = WhenReady()
         self._stand_in_buffers: dict[int, tuple] = {}  # see _kept
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
@@ -323,11 +323,11 @@ class LAMB(_MultiPass):
         trust = self._trust[k]
         steps = workspace(second, group, segments).values
         arguments = (squares, lr, trust, steps)
-        if self._lamb_trust.get(id(steps)) is steps:
+        if self._trust_ready.get(id(steps)) is steps:
             _lamb_trust(*arguments)
         else:  # (a cold start: NumPy while it compiles)
-            self._lamb_trust.call(steps, _lamb_trust, arguments, _lamb_trust_numpy, *arguments,
-                                  self._stand_in_buffers)
+            self._trust_ready.call(steps, _lamb_trust, arguments, _lamb_trust_numpy, *arguments,
+                                   self._stand_in_buffers)
         if group.device == "cuda":
             run(second, group, source, segments, steps, second_scalars, second_states)
         else:  # on a cold start NumPy stands in while the loop compiles in the background
@@ -644,8 +644,8 @@ class SWATS(_MultiPass):
                                       nesterov=nesterov, maximize=maximize,
                                       switch_tol=switch_tol), **options)
         self._dots = np.zeros(2)  # p.g and p.p of this step, over every group
-        # calls _add_column_sums (NumPy on a cold start), keyed by the totals array
-        self._add_column_sums = WhenReady()
+        # the totals arrays for which _add_column_sums was found compiled
+        self._sums_ready = WhenReady()
         self._stand_in_buffers: dict[int, tuple] = {}  # see _kept
 
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
@@ -717,12 +717,12 @@ class SWATS(_MultiPass):
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
         totals = run(_SWATS_ADAM, group, source, segments, None, args)
-        if self._add_column_sums.get(id(totals)) is totals:
+        if self._sums_ready.get(id(totals)) is totals:
             _add_column_sums(totals, self._dots)
         else:  # (a cold start: NumPy while it compiles)
-            self._add_column_sums.call(totals, _add_column_sums, (totals, self._dots),
-                                       _add_column_sums_numpy, totals, self._dots,
-                                       self._stand_in_buffers)
+            self._sums_ready.call(totals, _add_column_sums, (totals, self._dots),
+                                  _add_column_sums_numpy, totals, self._dots,
+                                  self._stand_in_buffers)
 
 
 @njit(cache=True, error_model="numpy")
