@@ -257,14 +257,6 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
     squares = np.abs(rng.standard_normal((40, 2))) * 10.0 ** rng.integers(-30, 30, (40, 2))
     squares[:4] = [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [np.nan, 1.0]]
     squares[4:8] = [[1.0, np.nan], [np.inf, 1.0], [1.0, np.inf], [np.inf, np.inf]]
-    for lr in (1e-3, 0.1, 3.0):
-        trust_a, trust_b = np.full(40, 7.0), np.full(40, 7.0)
-        steps_a, steps_b = np.full((40, 1), 7, dtype), np.full((40, 1), 7, dtype)
-        extra._lamb_trust(squares, lr, trust_a, steps_a)
-        extra._lamb_trust_numpy(squares, lr, trust_b, steps_b, {})
-        np.testing.assert_array_equal(trust_a, trust_b)  # NaN where both are NaN
-        np.testing.assert_array_equal(steps_a, steps_b)
-        assert trust_a[0] == trust_a[1] == trust_a[2] == trust_a[3] == 1.0
     squares[8:10] = [[1e300, 1e-320], [1e300, 1e222]]  # trust overflows; lr * 1e39 in f32
     for lr in (1e-3, 0.1, 3.0):
         trust_a, trust_b = np.full(40, 7.0), np.full(40, 7.0)
