@@ -639,8 +639,11 @@ def time_step(case: Case, budget: float = 0.5, warmup: int = 2, min_repeats: int
 
 
 # ------------------------------------------------------------- first step
+# argv: the spec, the folder the parent imported fastmoments from (the child imports the
+# same one: asv, for one, runs the parent with a sys.path of its own), packages to hide
 _CHILD = (
-    "import sys, time; sys.modules.update(dict.fromkeys(sys.argv[2:])); "
+    "import sys, time; sys.path.insert(0, sys.argv[2]) if sys.argv[2] not in sys.path "
+    "else None; sys.modules.update(dict.fromkeys(sys.argv[3:])); "
     "t0 = time.perf_counter(); import fastmoments; "
     "t1 = time.perf_counter(); from fastmoments.bench import _first_step_child; "
     "_first_step_child(sys.argv[1], t1 - t0)"
@@ -662,7 +665,8 @@ def _first_step_child(spec: str, import_s: float) -> None:
     t4 = time.perf_counter()
     print(json.dumps({"import_s": import_s, "setup_s": t1 - t0, "first_step_s": t2 - t1,
                       "second_step_s": t3 - t2, "loops_ready_s": t4 - t1,
-                      "scipy_loaded": sys.modules.get("scipy") is not None}))
+                      "scipy_loaded": sys.modules.get("scipy") is not None,
+                      "fastmoments_file": sys.modules["fastmoments"].__file__}))
 
 
 def first_step(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",
@@ -676,8 +680,9 @@ def first_step(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",
     not installed), e.g. ``("scipy",)``: ``import numba`` imports SciPy when it is
     installed, and its CPU target checks for SciPy's BLAS on the first compilation or
     cache load of a process (fastmoments lets that check load only the BLAS module,
-    see ``_jit.prepare_cpu_target``). Returns ``import_s``, ``setup_s``, ``first_step_s``,
-    ``second_step_s`` and ``process_s`` (the whole child process).
+    see ``_jit.prepare_cpu_target``). The child imports the fastmoments this process
+    imported. Returns ``import_s``, ``setup_s``, ``first_step_s``, ``second_step_s``,
+    ``process_s`` (the whole child process) and ``fastmoments_file``.
     """
     spec = json.dumps({"rule": rule, "n": int(n), "dtype": np.dtype(dtype).name, "path": path,
                        "chunk": int(chunk), "backend": backend})
@@ -685,9 +690,11 @@ def first_step(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",
     if cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = cache_dir
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, spec, *hide], env=env,
-                          capture_output=True,
-                          text=True, timeout=timeout)
+    import fastmoments
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastmoments.__file__)))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, spec, root, *hide], env=env,
+                          capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"first-step child failed ({rule}, {path}, {n}):\n{proc.stderr}")

@@ -320,3 +320,33 @@ def test_device_copy_case_copies_the_buffer():
     expected = source.copy_to_host()
     assert np.array_equal(target.copy_to_host(), expected) and np.any(expected != 0)
     assert case.bytes_per_step == 2 * 37 * 4 and case.single_pass
+
+
+_OTHER_COPY = """
+import json, sys
+sys.path.insert(0, sys.argv[1])  # a copy of the package, on this process's path only
+import fastmoments
+from fastmoments import bench
+assert fastmoments.__file__.startswith(sys.argv[1]), fastmoments.__file__
+print(json.dumps(bench.first_step("SGD", 100, cache_dir=sys.argv[2])))
+"""
+
+
+def test_first_step_child_imports_the_fastmoments_of_its_parent(tmp_path):
+    """A parent that imported fastmoments from a folder on its own ``sys.path`` (as asv
+    does, with PYTHONPATH taken out of the environment) times that package in the child,
+    not another one the environment would give it."""
+    import shutil
+
+    import fastmoments
+
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.dirname(fastmoments.__file__), copy / "fastmoments",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _OTHER_COPY, str(copy), str(tmp_path / "c")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["fastmoments_file"].startswith(str(copy)), out["fastmoments_file"]
+    assert _positive(out["first_step_s"])
