@@ -64,12 +64,14 @@ import numba
 import numpy as np
 from numba import njit
 
+from ._backend import config
 from ._jit import build_generated, wait_compiled
 
 __all__ = [
     "Case", "Timing", "add_arguments", "run", "main", "optimizer_classes", "rule_states",
     "require_cuda", "traffic", "ceiling_kernel", "cuda_ceiling_kernel", "fastmoments_case",
     "ceiling_case", "ceiling_for", "multipass_ceiling_case", "pass_ceiling_kernel",
+    "cuda_pass_ceiling_kernel",
     "device_copy_case", "torch_case", "numpy_case", "time_step", "time_steps", "first_step",
     "machine_info",
 ]
@@ -138,7 +140,39 @@ def {name}(n, a0{args}):
         {body}
     return total
 """
+# a reduction-only pass stores its sum where it cannot happen (the loads stay live)
+_CUDA_PASS_CEILING_SOURCE = """
+def {name}(n, a0{args}):
+    total = 0.0
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        {body}
+    if total == -3.0e38:
+        a0[0] = total
+"""
 _PASS_CEILINGS: dict[tuple[int, int, bool, int], Any] = {}
+_CUDA_PASS_CEILINGS: dict[tuple[int, int, int], Any] = {}
+
+
+def _pass_ceiling_source(template: str, reads: int, writes: int, store_only: int,
+                         name: str, **names: str) -> str:
+    in_place = writes - store_only
+    if not 0 <= in_place <= reads or reads < 1 or store_only < 0 or (
+            store_only and in_place == reads):
+        raise ValueError(f"no ceiling kernel for {reads} reads and {writes} writes "
+                         f"({store_only} to buffers not read)")
+    loads = [f"a{k}[i]" for k in range(in_place, reads)]
+    if writes == 0:
+        body = "total += " + " + ".join(loads)
+    elif loads:
+        body = f"x = {' + '.join(loads)}; " + "; ".join(
+            [f"a{k}[i] += x" for k in range(in_place)]
+            + [f"b{k}[i] = x" for k in range(store_only)])
+    else:
+        body = "; ".join(f"a{k}[i] = -a{k}[i]" for k in range(writes))
+    return template.format(
+        name=name, args="".join([f", a{k}" for k in range(1, reads)]
+                                + [f", b{k}" for k in range(store_only)]),
+        body=body, **names)
 
 
 def pass_ceiling_kernel(reads: int, writes: int, parallel: bool,
@@ -155,33 +189,32 @@ def pass_ceiling_kernel(reads: int, writes: int, parallel: bool,
     nothing sums what it reads (with reassociation allowed, so that the sum
     vectorizes).
     """
-    in_place = writes - store_only
-    if not 0 <= in_place <= reads or reads < 1 or store_only < 0 or (
-            store_only and in_place == reads):
-        raise ValueError(f"no ceiling kernel for {reads} reads and {writes} writes "
-                         f"({store_only} to buffers not read)")
     key = (reads, writes, parallel, store_only)
     if key not in _PASS_CEILINGS:
-        loads = [f"a{k}[i]" for k in range(in_place, reads)]
-        if writes == 0:
-            body = "total += " + " + ".join(loads)
-        elif loads:
-            body = f"x = {' + '.join(loads)}; " + "; ".join(
-                [f"a{k}[i] += x" for k in range(in_place)]
-                + [f"b{k}[i] = x" for k in range(store_only)])
-        else:
-            body = "; ".join(f"a{k}[i] = -a{k}[i]" for k in range(writes))
         name = (f"pass_ceiling_{reads}r{writes}w{f'{store_only}new' if store_only else ''}_"
                 f"{'parallel' if parallel else 'serial'}")
-        source = _PASS_CEILING_SOURCE.format(
-            name=name, args="".join([f", a{k}" for k in range(1, reads)]
-                                    + [f", b{k}" for k in range(store_only)]),
-            range="prange" if parallel else "range", body=body,
-        )
+        source = _pass_ceiling_source(_PASS_CEILING_SOURCE, reads, writes, store_only, name,
+                                      range="prange" if parallel else "range")
         fn = build_generated(source, name, __file__, None, {})
         _PASS_CEILINGS[key] = njit(cache=True, error_model="numpy", parallel=parallel,
                                    fastmath=writes == 0)(fn)
     return _PASS_CEILINGS[key]
+
+
+def cuda_pass_ceiling_kernel(reads: int, writes: int, store_only: int = 0) -> Any:
+    """:func:`pass_ceiling_kernel` as a CUDA grid-stride kernel ``f[grid](n, a0, ...)``
+    (launched as the library's kernels); a pass that stores nothing sums what it reads
+    per thread and returns nothing."""
+    key = (reads, writes, store_only)
+    if key not in _CUDA_PASS_CEILINGS:
+        name = f"pass_ceiling_{reads}r{writes}w{f'{store_only}new' if store_only else ''}"
+        source = _pass_ceiling_source(_CUDA_PASS_CEILING_SOURCE, reads, writes, store_only,
+                                      name)
+        from numba import cuda
+
+        _CUDA_PASS_CEILINGS[key] = cuda.jit(
+            build_generated(source, name, __file__, None, {"cuda": cuda}))
+    return _CUDA_PASS_CEILINGS[key]
 
 
 # -------------------------------------------------------- ceiling kernels
@@ -393,47 +426,62 @@ def fastmoments_case(rule: str, n: int, dtype: Any = np.float32, path: str = "fl
 def ceiling_for(case: Case, backend: str = "cpu", seed: int = 0) -> Case:
     """The ceiling of ``case``'s traffic: its passes' reads and writes, no math.
 
-    Multi-pass traffic has a CPU ceiling only; on CUDA such a case gets the
-    single-pass ceiling of its state buffers (and is marked as multi-pass).
+    A multi-pass step gets one ceiling kernel per pass (:func:`multipass_ceiling_case`).
     """
     dtype = np.dtype(f"f{case.itemsize}")
     (reads, writes, count, store_only), *more = map(_pass_fields, case.traffic_passes)
     if not more and writes == reads - 1 and count == case.numel and not store_only:
         # param, grad and states
         return ceiling_case(reads - 2, case.numel, dtype, backend, seed)
-    if backend != "cpu":
-        return ceiling_case(case.n_states, case.numel, dtype, backend, seed)
-    return multipass_ceiling_case(case.traffic_passes, case.numel, dtype, seed)
+    return multipass_ceiling_case(case.traffic_passes, case.numel, dtype, seed, backend)
 
 
 def multipass_ceiling_case(passes: Sequence[Sequence[int]], n: int,
-                           dtype: Any = np.float32, seed: int = 0) -> Case:
-    """The CPU ceiling of a multi-pass step: one :func:`pass_ceiling_kernel` per pass.
+                           dtype: Any = np.float32, seed: int = 0,
+                           backend: str = "cpu") -> Case:
+    """The ceiling of a multi-pass step: one :func:`pass_ceiling_kernel` (CPU) or
+    :func:`cuda_pass_ceiling_kernel` (CUDA) per pass.
 
     ``passes``: ``(reads, writes, elements[, store_only])`` each; the passes run one
     after the other over the first ``elements`` of the same buffers (as the rule's
     passes do); the buffers that a pass stores without reading are extra ones.
     """
-    from fastmoments import config
-
     passes = tuple(_pass_fields(p) for p in passes)
     param, grad = _host_data(n, dtype, seed)
     arrays = [param, grad] + [np.zeros(n, dtype=dtype)
                               for _ in range(max(p[0] for p in passes) - 2)]
     stored_only = [np.zeros(n, dtype=dtype) for _ in range(max(p[3] for p in passes))]
+    sync = _noop
+    if backend == "cuda":
+        cuda = require_cuda()
+        from fastmoments import _gpu
+
+        arrays = [cuda.to_device(a) for a in arrays]
+        stored_only = [cuda.to_device(a) for a in stored_only]
+        sync = cuda.synchronize
+    elif backend != "cpu":
+        raise ValueError(f"backend: expected 'cpu' or 'cuda', got {backend!r}")
     calls = []
     for reads, writes, count, store_only in passes:
-        kernel = pass_ceiling_kernel(reads, writes, count >= config.parallel_threshold,
-                                     store_only)
         # the stored buffers first: param and the states, then the gradient
         order = [arrays[0], *arrays[2:], arrays[1]][:reads] if writes < reads else arrays[:reads]
-        calls.append((kernel, count, (*order, *stored_only[:store_only])))
+        order = (count, *order, *stored_only[:store_only])
+        if backend == "cuda":
+            calls.append((cuda_pass_ceiling_kernel(reads, writes, store_only), order))
+        else:
+            calls.append((pass_ceiling_kernel(reads, writes, count >= config.parallel_threshold,
+                                              store_only), order))
 
-    def step() -> None:
-        for kernel, count, order in calls:
-            kernel(count, *order)
+    if backend == "cuda":
+        def step() -> None:
+            for kernel, order in calls:
+                _gpu.launch(kernel, order[0], *order)
+    else:
+        def step() -> None:
+            for kernel, order in calls:
+                kernel(*order)
 
-    return Case(step, len(arrays) - 2, n, np.dtype(dtype).itemsize, 1, _noop,
+    return Case(step, len(arrays) - 2, n, np.dtype(dtype).itemsize, 1, sync,
                 (arrays, stored_only), tuple(p if p[3] else p[:3] for p in passes))
 
 
@@ -444,8 +492,6 @@ def ceiling_case(n_states: int, n: int, dtype: Any = np.float32, backend: str = 
     Serial below ``fastmoments.config.parallel_threshold`` and parallel from it on
     (the library's choice for a flat buffer); on CUDA launched as the library does.
     """
-    from fastmoments import config
-
     param, grad = _host_data(n, dtype, seed)
     states = [np.zeros(n, dtype=dtype) for _ in range(n_states)]
     if backend == "cuda":
@@ -885,6 +931,11 @@ def _parse_shape(text: str) -> tuple[int, int]:
     return a, e
 
 
+def _fmt_threads(threads: int | None, backend: str) -> str:
+    """``t2`` (numba threads) or ``b256`` (CUDA threads per block)."""
+    return "-" if threads is None else f"{'b' if backend == 'cuda' else 't'}{threads}"
+
+
 def _fmt_size(n: int) -> str:
     if n >= 1000:
         exp = int(math.floor(math.log10(n)))
@@ -927,7 +978,11 @@ class _Runner:
 
     # -------------------------------------------------------- one measurement
     def _set_threads(self, threads: int | None) -> None:
+        # on CUDA the value is the threads per block of the library's kernels and the ceiling
         if threads is None:
+            return
+        if self.args.backend == "cuda":
+            config.cuda_threads_per_block = threads
             return
         numba.set_num_threads(threads)
         if self.torch_ok:
@@ -939,7 +994,9 @@ class _Runner:
              dtype: str, threads: int | None, case: Case, timing: Timing) -> dict[str, Any]:
         return {
             "scenario": scenario, "impl": impl, "rule": rule, "path": path,
-            "arrays": case.arrays, "size": size, "dtype": dtype, "threads": threads,
+            "arrays": case.arrays, "size": size, "dtype": dtype,
+            "threads": None if self.args.backend == "cuda" else threads,
+            "block_size": threads if self.args.backend == "cuda" else None,
             "backend": self.args.backend, "traffic": _traffic_label(case.traffic_passes),
             "bytes_per_step": case.bytes_per_step, "time_min_s": timing.min,
             "time_median_s": timing.median, "repeats": timing.repeats,
@@ -1027,9 +1084,12 @@ class _Runner:
         torch_impls = a.torch_impls if self.torch_ok else []
         numpy_ok = ("torch" in a.compare or "numpy" in a.compare) and a.backend == "cpu"
 
-        def family(scenario: str, size: int, dtype: str, threads: int | None,
-                   paths: Sequence[str], torch_paths: Sequence[str], chunk: int) -> None:
-            where = f"{_fmt_size(size)} {dtype} t{threads}"
+        def family(scenario: str, size: int, dtype: str, threads: int,
+                   paths: Sequence[str], torch_paths: Sequence[str], chunk: int,
+                   comparisons: bool) -> None:
+            where = f"{_fmt_size(size)} {dtype} {_fmt_threads(threads, a.backend)}"
+            if not comparisons:
+                torch_paths = []
             for rule in a.rules:
                 for path in paths:
                     # torch fused on the same problem (for --tiny / --many: the user's
@@ -1062,21 +1122,25 @@ class _Runner:
                                 lambda: numpy_case(rule, size, dtype, path, chunk),
                                 scenario, "numpy", rule, path, size, dtype, threads)))
 
-        thread_list: list[int | None] = list(a.threads) if a.backend == "cpu" else [None]
+        # CPU: numba thread counts; CUDA: threads per block (the comparison rows and the
+        # device copy, which do not depend on it, only with the first)
+        thread_list: list[int] = list(a.threads if a.backend == "cpu" else a.block_sizes)
         for dtype in a.dtypes:
             for threads in thread_list:
+                first = threads == thread_list[0] or a.backend == "cpu"
                 for size in a.sizes:
-                    if a.backend == "cuda":  # the device's copy bandwidth at this size
+                    if a.backend == "cuda" and first:  # the device's copy bandwidth
                         self.jobs.append(_Job(
                             f"device copy {_fmt_size(size)} {dtype}",
                             lambda size=size, dtype=dtype: self._measure_copy(size, dtype)))
-                    family("sizes", size, dtype, threads, a.paths, a.paths, a.chunk)
+                    family("sizes", size, dtype, threads, a.paths, a.paths, a.chunk, first)
                 if a.tiny:
-                    family("tiny", TINY_SIZE, dtype, threads, a.paths, ["list"], TINY_SIZE)
+                    family("tiny", TINY_SIZE, dtype, threads, a.paths, ["list"], TINY_SIZE,
+                           first)
                 if a.many:
                     arrays, elements = a.many_shape
                     family("many", arrays * elements, dtype, threads, a.paths, ["list"],
-                           elements)
+                           elements, first)
         if a.crossover:
             threads = max(thread_list, key=lambda t: t or 0)
             for dtype in a.dtypes:
@@ -1098,8 +1162,6 @@ class _Runner:
                                 self._first_step(rule, path, size, dtype)))
 
     def _crossover(self, rule: str, path: str, size: int, dtype: str, threads: int | None) -> None:
-        from fastmoments import config
-
         self._set_threads(threads)
         saved = config.parallel_threshold
 
@@ -1222,7 +1284,9 @@ def _format_table(rows: list[dict]) -> str:
         rule = (r["rule"] or "-") + ("" if r.get("single_pass", True) else "*")
         lines.append([
             r["scenario"], r["impl"], rule, r["path"], str(r["arrays"]),
-            _fmt_size(r["size"]), r["dtype"], "-" if r["threads"] is None else str(r["threads"]),
+            _fmt_size(r["size"]), r["dtype"],
+            _fmt_threads(r["threads"] if r["backend"] == "cpu" else r["block_size"],
+                         r["backend"]),
             r["traffic"], _fmt_time(r["time_min_s"]), _fmt_time(r["time_median_s"]),
             f"{r['gbps']:.2f}", "-" if frac is None else f"{frac:.2f}",
             "-" if speed is None else f"{speed:.2f}",
@@ -1259,12 +1323,35 @@ def _crossover_summary(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _block_size_summary(rows: list[dict]) -> list[dict[str, Any]]:
+    """Per CUDA fastmoments row measured at several block sizes: the fastest block size and
+    each block size's time as a fraction of the fastest (``--block-sizes``)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["impl"] == "fastmoments" and r["block_size"] is not None:
+            key = (r["scenario"], r["rule"], r["path"], r["size"], r["dtype"])
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (scenario, rule, path, size, dtype), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        best = min(rs, key=lambda r: r["time_min_s"])
+        out.append({"scenario": scenario, "rule": rule, "path": path, "size": size,
+                    "dtype": dtype, "best_block_size": best["block_size"],
+                    "best_gbps": best["gbps"],
+                    "speed_vs_best": {r["block_size"]: best["time_min_s"] / r["time_min_s"]
+                                      for r in rs}})
+    return out
+
+
 def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
     a = runner.args
     checked = targets(runner.rows, runner.first_step_rows)
     summary = _crossover_summary(runner.crossover_rows)
+    blocks = _block_size_summary(runner.rows)
     settings = {
         "rules": a.rules, "sizes": a.sizes, "dtypes": a.dtypes, "threads": a.threads,
+        "block_sizes": a.block_sizes if a.backend == "cuda" else None,
         "paths": a.paths, "chunk": a.chunk, "budget_s": a.budget, "backend": a.backend,
         "compare": a.compare, "torch_impls": a.torch_impls, "tiny": a.tiny,
         "many": list(a.many_shape) if a.many else None, "contend": a.contend,
@@ -1272,7 +1359,8 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
     }
     doc = {"format": "fastmoments-bench/1", "machine": info, "settings": settings,
            "results": runner.rows, "crossover": runner.crossover_rows,
-           "crossover_summary": summary, "first_step": runner.first_step_rows,
+           "crossover_summary": summary, "block_size_summary": blocks,
+           "first_step": runner.first_step_rows,
            "targets": checked, "notes": runner.notes}
     if as_json:
         return json.dumps(doc, indent=1), doc
@@ -1302,7 +1390,8 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
         fractions = [r["fraction_of_copy"] for r in runner.rows
                      if r["impl"] == "fastmoments" and r["size"] == size and r["dtype"] == dtype
                      and "fraction_of_copy" in r]
-        ceilings = ", ".join(f"{r['traffic']} {r['fraction_of_copy']:.2f}"
+        ceilings = ", ".join(f"{r['traffic']} {_fmt_threads(r['block_size'], 'cuda')} "
+                             f"{r['fraction_of_copy']:.2f}"
                              for r in runner.ceilings.values()
                              if r["size"] == size and r["dtype"] == dtype)
         out.append(f"device copy {_fmt_size(size)} {dtype}: {copy['gbps']:.1f} GB/s (bytes "
@@ -1310,6 +1399,14 @@ def _report(runner: _Runner, info: dict, as_json: bool) -> tuple[str, dict]:
                    + (f"; fastmoments rows {min(fractions):.2f}-{max(fractions):.2f}"
                       if fractions else ""))
     if runner.copies:
+        out.append("")
+    for b in blocks:
+        others = ", ".join(f"b{k} {v:.2f}" for k, v in b["speed_vs_best"].items())
+        out.append(f"block size {b['rule']} {b['path']} {_fmt_size(b['size'])} {b['dtype']}"
+                   f"{'' if b['scenario'] == 'sizes' else ' (' + b['scenario'] + ')'}: "
+                   f"fastest b{b['best_block_size']} ({b['best_gbps']:.1f} GB/s); speed "
+                   f"relative to it: {others}")
+    if blocks:
         out.append("")
     if runner.crossover_rows:
         lines = [[r["rule"], r["path"], r["dtype"], str(r["threads"]), _fmt_size(r["size"]),
@@ -1370,6 +1467,12 @@ def _plot(doc: dict, filename: str) -> None:
     threads = max((r["threads"] or 0) for r in rows)
     dtype = rows[0]["dtype"]
     rows = [r for r in rows if (r["threads"] or 0) == threads and r["dtype"] == dtype]
+    blocks = list(dict.fromkeys(r["block_size"] for r in rows if r["block_size"] is not None))
+    block = None
+    if blocks:  # CUDA: the rows of one block size (the copy rows have none)
+        block = (doc["machine"].get("cuda_threads_per_block")
+                 if doc["machine"].get("cuda_threads_per_block") in blocks else blocks[0])
+        rows = [r for r in rows if r["block_size"] in (None, block)]
     rules = list(dict.fromkeys(r["rule"] for r in rows if r["rule"]))
     best = {(r["traffic"], r["size"]): r["gbps"] for r in rows if r["impl"] == "ceiling"}
     copies = sorted((r["size"], r["gbps"]) for r in rows if r["impl"] == "device-copy")
@@ -1393,7 +1496,8 @@ def _plot(doc: dict, filename: str) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         star = "" if mine[0].get("single_pass", True) else ", more than one pass"
-        where = "GPU" if mine[0]["backend"] == "cuda" else f"{threads} threads"
+        where = (f"GPU, {block} threads per block" if mine[0]["backend"] == "cuda"
+                 else f"{threads} threads")
         ax.set_title(f"{rule} ({mine[0]['traffic']}{star}, {dtype}, {where})", fontsize=10)
         ax.set_ylabel("GB/s")
         ax.grid(True, which="both", alpha=0.3)
@@ -1450,6 +1554,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default=None,
                         help="numba (and torch) thread counts, comma-separated "
                              "(default: numba's default, all usable cores)")
+    parser.add_argument("--block-sizes", default=None,
+                        help="--backend cuda: threads per block of the kernels (and of the "
+                             "ceiling), comma-separated, each a row set, the best per "
+                             "row under the table (default: "
+                             "fastmoments.config.cuda_threads_per_block)")
     parser.add_argument("--paths", default="flat,list",
                         help="flat (FlatParams) and/or list (separate arrays); default both")
     parser.add_argument("--chunk", type=int, default=1000,
@@ -1510,6 +1619,16 @@ def _resolve(args: argparse.Namespace) -> None:
         bad = [t for t in args.threads if t > limit]
         if bad:
             raise ValueError(f"--threads: at most {limit} (NUMBA_NUM_THREADS), got {bad}")
+    if args.block_sizes is None:
+        args.block_sizes = [config.cuda_threads_per_block]
+    elif args.backend != "cuda":
+        raise ValueError("--block-sizes: only with --backend cuda (CUDA threads per block)")
+    else:
+        args.block_sizes = [int(x) for x in _parse_sizes(args.block_sizes, "block-sizes")]
+        bad = [b for b in args.block_sizes if not 1 <= b <= 1024]
+        if bad or not args.block_sizes:
+            raise ValueError(f"--block-sizes: expected threads per block in 1..1024 "
+                             f"(CUDA's limit), got {bad}")
     if not args.rules or not args.dtypes or not args.paths:
         raise ValueError("--rules, --dtypes and --paths need at least one value each")
     if args.chunk < 1:
@@ -1545,10 +1664,12 @@ def run(args: argparse.Namespace) -> int:
     info = machine_info(args.backend)
     others = _OtherLoad()
     busy = _start_busy(args.contend) if args.contend else []
+    block_size = config.cuda_threads_per_block
     try:
         runner.run()
     finally:
         _stop_busy(busy)  # waited for: their CPU time counts as ours
+        config.cuda_threads_per_block = block_size
     info["other_processes_cores"] = others.cores()
     if info["other_processes_cores"] is not None and info["other_processes_cores"] > 0.2:
         runner.notes.append(

@@ -113,6 +113,31 @@ def test_pass_ceiling_stores_to_buffers_it_does_not_read(n):
         bench.pass_ceiling_kernel(2, 3, False, store_only=1)
 
 
+@pytest.mark.parametrize("reads, writes, store_only",
+                         [(2, 0, 0), (3, 1, 0), (4, 2, 0), (1, 1, 0), (3, 3, 0), (4, 3, 1)])
+def test_cuda_pass_ceiling_makes_the_cpu_passes_stores(monkeypatch, reads, writes, store_only):
+    """Under the simulator, 4 threads per block, 3 blocks (a grid-stride loop): the same
+    stores as the CPU pass kernel; a pass that only reads stores nothing."""
+    from numba import cuda
+
+    import fastmoments as fm
+    from fastmoments import _gpu
+
+    monkeypatch.setattr(fm.config, "cuda_threads_per_block", 4)
+    monkeypatch.setattr(fm.config, "cuda_max_blocks", 3)
+    n = 37
+    arrays = [np.random.default_rng(k).random(n + 3) for k in range(reads)]
+    stored = [np.full(n + 3, np.nan) for _ in range(store_only)]
+    expected = [a.copy() for a in arrays + stored]
+    bench.pass_ceiling_kernel(reads, writes, False, store_only)(n, *expected)
+    device = [cuda.to_device(a) for a in arrays + stored]
+    _gpu.launch(bench.cuda_pass_ceiling_kernel(reads, writes, store_only), n, n, *device)
+    for got, want, before in zip(device, expected, arrays + stored):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+        if writes == 0:
+            np.testing.assert_array_equal(got.copy_to_host(), before)
+
+
 def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
     n = 3000
     lamb = bench.fastmoments_case("LAMB", n, np.float32, "flat")
@@ -252,6 +277,9 @@ def test_plot(capsys, tmp_path):
     (["--dtypes", "float16"], "float16"),
     (["--threads", "4096"], "at most"),
     (["--many-shape", "10by10"], "ARRAYSxELEMENTS"),
+    (["--block-sizes", "128"], "only with --backend cuda"),
+    (["--backend", "cuda", "--block-sizes", "256,2048"], "1..1024"),
+    (["--backend", "cuda", "--block-sizes", "none"], "1..1024"),
 ])
 def test_bad_options_exit_2(capsys, argv, message):
     assert bench.main([*argv, "--quiet"]) == 2
@@ -309,6 +337,62 @@ def test_cuda_backend_under_the_simulator():
         if r is not copy:
             assert r["copy_gbps"] == copy["gbps"]
             assert math.isclose(r["fraction_of_copy"], r["gbps"] / copy["gbps"])
+
+
+_BLOCK_SIZES = """
+import json, sys
+import fastmoments as fm
+from fastmoments import _gpu, _segmented, bench
+launched = []  # the threads per block of every launch: element-wise, ceiling, segmented
+for module in (_gpu, _segmented):
+    def recording(n, _grid=module._grid):
+        grid = _grid(n)
+        launched.append(grid[1])
+        return grid
+    module._grid = recording
+fm.config.cuda_threads_per_block = 4
+rc = bench.main(["--backend", "cuda", "--rules", "adam,lamb", "--sizes", "40", "--paths",
+                 "flat", "--block-sizes", "2,3", "--budget", "0", "--quiet",
+                 "--save", sys.argv[1]])
+print(json.dumps({"rc": rc, "launched": sorted(set(launched)),
+                  "after": fm.config.cuda_threads_per_block}))
+"""
+
+
+def test_cuda_block_sizes_under_the_simulator(tmp_path):
+    """--block-sizes: each row set launched with its block size (the ceiling too), the
+    device copy once, the fastest block size per row, and the setting restored."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    saved = tmp_path / "blocks.json"
+    proc = subprocess.run([sys.executable, "-c", _BLOCK_SIZES, str(saved)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text, _, last = proc.stdout.rstrip().rpartition("\n")
+    shown = json.loads(last)
+    assert shown == {"rc": 0, "launched": [2, 3], "after": 4}
+    doc = json.loads(saved.read_text())
+    assert doc["settings"]["block_sizes"] == [2, 3]
+    rows = doc["results"]
+    assert all(r["threads"] is None for r in rows)
+    assert [r["block_size"] for r in rows if r["impl"] == "device-copy"] == [None]
+    mine = {(r["rule"], r["block_size"]) for r in rows if r["impl"] == "fastmoments"}
+    assert mine == {(rule, b) for rule in ("Adam", "LAMB") for b in (2, 3)}
+    ceilings = {(r["traffic"], r["block_size"]) for r in rows if r["impl"] == "ceiling"}
+    assert ceilings == {(t, b) for t in ("4r/3w", "4r/2w+3r/1w") for b in (2, 3)}
+    lamb = [r for r in rows if r["impl"] == "fastmoments" and r["rule"] == "LAMB"]
+    assert all(r["traffic"] == "4r/2w+3r/1w" for r in lamb)  # its passes on the GPU
+    summary = {s["rule"]: s for s in doc["block_size_summary"]}
+    assert set(summary) == {"Adam", "LAMB"}
+    for rule, s in summary.items():
+        times = {r["block_size"]: r["time_min_s"] for r in rows
+                 if r["impl"] == "fastmoments" and r["rule"] == rule}
+        assert s["best_block_size"] == min(times, key=times.get)
+        assert {int(k): v for k, v in s["speed_vs_best"].items()} == {
+            b: times[s["best_block_size"]] / t for b, t in times.items()}
+        assert f"block size {rule} flat 40 float32: fastest b{s['best_block_size']}" in text
+    assert " b2 " in text and " b3 " in text  # the thr column
+    copy_line = next(line for line in text.splitlines() if line.startswith("device copy 40"))
+    assert all(f"{t} b{b} " in copy_line for t, b in ceilings)
 
 
 def test_device_copy_case_copies_the_buffer():
