@@ -363,6 +363,17 @@ def require_cuda() -> Any:
     return cuda
 
 
+def _on_backend(backend: str, *groups: Sequence[np.ndarray]) -> tuple[Any, ...]:
+    """Each group of host arrays as a list on ``backend`` (copied to the device for
+    ``"cuda"``), then the function that waits for the backend."""
+    if backend == "cpu":
+        return (*(list(g) for g in groups), _noop)
+    if backend != "cuda":
+        raise ValueError(f"backend: expected 'cpu' or 'cuda', got {backend!r}")
+    cuda = require_cuda()
+    return (*([cuda.to_device(a) for a in g] for g in groups), cuda.synchronize)
+
+
 def fastmoments_case(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",
                      chunk: int = 1000, backend: str = "cpu", seed: int = 0,
                      kwargs: dict[str, Any] | None = None) -> Case:
@@ -390,15 +401,7 @@ def fastmoments_case(rule: str, n: int, dtype: Any = np.float32, path: str = "fl
     kwargs = dict(RULE_KWARGS.get(rule, {}) if kwargs is None else kwargs)
     param, grad = _host_data(n, dtype, seed)
     sizes = _chunk_sizes(n, chunk)
-    params, grads = _split(param, sizes), _split(grad, sizes)
-    sync = _noop
-    if backend == "cuda":
-        cuda = require_cuda()
-        params = [cuda.to_device(a) for a in params]
-        grads = [cuda.to_device(a) for a in grads]
-        sync = cuda.synchronize
-    elif backend != "cpu":
-        raise ValueError(f"backend: expected 'cpu' or 'cuda', got {backend!r}")
+    params, grads, sync = _on_backend(backend, _split(param, sizes), _split(grad, sizes))
     if path == "flat":
         flat = fm.FlatParams(params)
         if backend == "cuda":
@@ -448,19 +451,10 @@ def multipass_ceiling_case(passes: Sequence[Sequence[int]], n: int,
     """
     passes = tuple(_pass_fields(p) for p in passes)
     param, grad = _host_data(n, dtype, seed)
-    arrays = [param, grad] + [np.zeros(n, dtype=dtype)
-                              for _ in range(max(p[0] for p in passes) - 2)]
-    stored_only = [np.zeros(n, dtype=dtype) for _ in range(max(p[3] for p in passes))]
-    sync = _noop
-    if backend == "cuda":
-        cuda = require_cuda()
-        from fastmoments import _gpu
-
-        arrays = [cuda.to_device(a) for a in arrays]
-        stored_only = [cuda.to_device(a) for a in stored_only]
-        sync = cuda.synchronize
-    elif backend != "cpu":
-        raise ValueError(f"backend: expected 'cpu' or 'cuda', got {backend!r}")
+    arrays, stored_only, sync = _on_backend(
+        backend,
+        [param, grad] + [np.zeros(n, dtype=dtype) for _ in range(max(p[0] for p in passes) - 2)],
+        [np.zeros(n, dtype=dtype) for _ in range(max(p[3] for p in passes))])
     calls = []
     for reads, writes, count, store_only in passes:
         # the stored buffers first: param and the states, then the gradient
@@ -473,6 +467,8 @@ def multipass_ceiling_case(passes: Sequence[Sequence[int]], n: int,
                                               store_only), order))
 
     if backend == "cuda":
+        from fastmoments import _gpu
+
         def step() -> None:
             for kernel, order in calls:
                 _gpu.launch(kernel, order[0], *order)
@@ -493,28 +489,23 @@ def ceiling_case(n_states: int, n: int, dtype: Any = np.float32, backend: str = 
     (the library's choice for a flat buffer); on CUDA launched as the library does.
     """
     param, grad = _host_data(n, dtype, seed)
-    states = [np.zeros(n, dtype=dtype) for _ in range(n_states)]
+    arrays, sync = _on_backend(backend, [param, grad]
+                               + [np.zeros(n, dtype=dtype) for _ in range(n_states)])
     if backend == "cuda":
-        cuda = require_cuda()
         from fastmoments import _gpu
 
-        arrays = [cuda.to_device(a) for a in (param, grad, *states)]
         kernel = cuda_ceiling_kernel(n_states)
 
         def step() -> None:
             _gpu.launch(kernel, n, *arrays)
 
-        return Case(step, n_states, n, np.dtype(dtype).itemsize, 1, cuda.synchronize,
-                    (arrays,))
-    if backend != "cpu":
-        raise ValueError(f"backend: expected 'cpu' or 'cuda', got {backend!r}")
+        return Case(step, n_states, n, np.dtype(dtype).itemsize, 1, sync, (arrays,))
     kernel = ceiling_kernel(n_states, n >= config.parallel_threshold)
-    arrays = (param, grad, *states)
 
     def step() -> None:
         kernel(*arrays)
 
-    return Case(step, n_states, n, np.dtype(dtype).itemsize, 1, _noop, (arrays,))
+    return Case(step, n_states, n, np.dtype(dtype).itemsize, 1, sync, (arrays,))
 
 
 def device_copy_case(n: int, dtype: Any = np.float32, seed: int = 0) -> Case:
