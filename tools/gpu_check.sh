@@ -27,8 +27,8 @@
 # and 128,256,512,1024); e.g.
 # SCENARIOS="--sizes 40" BLOCK_SCENARIOS="--sizes 40" BLOCK_SIZES=4,8 NUMBA_ENABLE_CUDASIM=1
 # tries the script itself under numba's simulator.
-# Wheels in .whl/ (numba-cuda, asv, ... for a machine without a package index) are
-# installed into /tmp/site first.
+# Wheels in .whl/ (asv for a machine without a package index: tools/gpu_wheels.sh fetches
+# them) are installed into /tmp/site first.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
