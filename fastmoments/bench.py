@@ -1132,8 +1132,8 @@ class _Runner:
                     arrays, elements = a.many_shape
                     family("many", arrays * elements, dtype, threads, a.paths, ["list"],
                            elements, first)
-        if a.crossover:
-            threads = max(thread_list, key=lambda t: t or 0)
+        if a.crossover:  # the CPU loops, also with --backend cuda
+            threads = max(a.threads)
             for dtype in a.dtypes:
                 for rule in a.rules:
                     for path in a.paths:
@@ -1152,8 +1152,8 @@ class _Runner:
                                 lambda rule=rule, path=path, size=size, dtype=dtype:
                                 self._first_step(rule, path, size, dtype)))
 
-    def _crossover(self, rule: str, path: str, size: int, dtype: str, threads: int | None) -> None:
-        self._set_threads(threads)
+    def _crossover(self, rule: str, path: str, size: int, dtype: str, threads: int) -> None:
+        numba.set_num_threads(threads)
         saved = config.parallel_threshold
 
         def forced(case: Case, threshold: int) -> Case:

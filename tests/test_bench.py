@@ -353,7 +353,7 @@ for module in (_gpu, _segmented):
 fm.config.cuda_threads_per_block = 4
 rc = bench.main(["--backend", "cuda", "--rules", "adam,lamb", "--sizes", "40", "--paths",
                  "flat", "--block-sizes", "2,3", "--budget", "0", "--quiet",
-                 "--save", sys.argv[1]])
+                 "--crossover", "--crossover-sizes", "100", "--save", sys.argv[1]])
 print(json.dumps({"rc": rc, "launched": sorted(set(launched)),
                   "after": fm.config.cuda_threads_per_block}))
 """
@@ -391,6 +391,8 @@ def test_cuda_block_sizes_under_the_simulator(tmp_path):
             b: times[s["best_block_size"]] / t for b, t in times.items()}
         assert f"block size {rule} flat 40 float32: fastest b{s['best_block_size']}" in text
     assert " b2 " in text and " b3 " in text  # the thr column
+    # the serial/parallel crossover times the CPU loops with numba's threads
+    assert [r["threads"] for r in doc["crossover"]] == [doc["machine"]["numba_threads"]] * 2
     copy_line = next(line for line in text.splitlines() if line.startswith("device copy 40"))
     assert all(f"{t} b{b} " in copy_line for t, b in ceilings)
 
