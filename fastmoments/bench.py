@@ -968,10 +968,8 @@ class _Runner:
                 self.notes.append("torch is not installed: torch.optim rows skipped")
 
     # -------------------------------------------------------- one measurement
-    def _set_threads(self, threads: int | None) -> None:
+    def _set_threads(self, threads: int) -> None:
         # on CUDA the value is the threads per block of the library's kernels and the ceiling
-        if threads is None:
-            return
         if self.args.backend == "cuda":
             config.cuda_threads_per_block = threads
             return
@@ -995,7 +993,7 @@ class _Runner:
         }
 
     def _measure(self, build: Callable[[], Case], scenario: str, impl: str, rule: str | None,
-                 path: str, size: int, dtype: str, threads: int | None,
+                 path: str, size: int, dtype: str, threads: int,
                  alongside: Callable[[], Case] | None = None) -> None:
         """Time one case interleaved with its ceiling; record both.
 
@@ -1461,8 +1459,8 @@ def _plot(doc: dict, filename: str) -> None:
     blocks = list(dict.fromkeys(r["block_size"] for r in rows if r["block_size"] is not None))
     block = None
     if blocks:  # CUDA: the rows of one block size (the copy rows have none)
-        block = (doc["machine"].get("cuda_threads_per_block")
-                 if doc["machine"].get("cuda_threads_per_block") in blocks else blocks[0])
+        configured = doc["machine"].get("cuda_threads_per_block")
+        block = configured if configured in blocks else blocks[0]
         rows = [r for r in rows if r["block_size"] in (None, block)]
     rules = list(dict.fromkeys(r["rule"] for r in rows if r["rule"]))
     best = {(r["traffic"], r["size"]): r["gbps"] for r in rows if r["impl"] == "ceiling"}

@@ -37,6 +37,7 @@ stages=" ${STAGES:-tests bench blocks asv} "
 for stage in $stages; do
     case $stage in tests|bench|blocks|asv) ;; *) echo "STAGES: unknown stage $stage" >&2; exit 2;; esac
 done
+want() { [[ $stages == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" >/dev/null; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
@@ -61,7 +62,7 @@ except ImportError:
 EOF
 } 2>&1 | tee "$out/versions.txt"
 
-if [[ $stages == *" tests "* ]]; then
+if want tests; then
     echo "== CUDA tests on the device" | tee "$out/gpu-tests.txt"
     FASTMOMENTS_REAL_GPU=1 timeout 240 "$py" -m pytest -q -p no:cacheprovider \
         tests/test_cuda.py tests/test_cuda_extra.py 2>&1 | tee -a "$out/gpu-tests.txt"
@@ -69,7 +70,7 @@ if [[ $stages == *" tests "* ]]; then
         tests/test_bench.py -k "copy or cuda_pass_ceiling" 2>&1 | tee -a "$out/gpu-tests.txt"
 fi
 
-if [[ $stages == *" bench "* ]]; then
+if want bench; then
     echo "== fastmoments bench --backend cuda" | tee "$out/bench-cuda.txt"
     timeout 300 "$py" -m fastmoments bench --backend cuda --compare torch --torch-impls fused \
         --paths flat ${SCENARIOS:---sizes 1e6,1e7,1e8 --tiny --many} --budget "${1:-0.5}" \
@@ -77,7 +78,7 @@ if [[ $stages == *" bench "* ]]; then
         | tee -a "$out/bench-cuda.txt"
 fi
 
-if [[ $stages == *" blocks "* ]]; then
+if want blocks; then
     echo "== threads per block" | tee "$out/blocks-cuda.txt"
     timeout 150 "$py" -m fastmoments bench --backend cuda --rules sgd,adam,lamb --paths flat \
         --block-sizes "${BLOCK_SIZES:-128,256,512,1024}" ${BLOCK_SCENARIOS:---sizes 1e7,1e8} \
@@ -85,7 +86,7 @@ if [[ $stages == *" blocks "* ]]; then
         | tee -a "$out/blocks-cuda.txt"
 fi
 
-if [[ $stages == *" asv "* ]]; then
+if want asv; then
     if "$py" -c "import asv" 2>/dev/null; then
         # float32 at 1e7 elements (FlatParams): every rule, the ceilings, torch and NumPy
         # rows; asv drops PYTHONPATH and reads ASV_PYTHONPATH instead
