@@ -32,7 +32,7 @@ def load_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        from fastmoments.demo import spiral
+        from fastmoments.tools.demo.data import spiral
 
         print("scikit-learn is not installed: using the synthetic spiral data instead "
               "(pip install scikit-learn for the digits)")

@@ -1,30 +1,34 @@
 """fastmoments: Adam and its family as fused, in-place Numba kernels (CPU and CUDA)."""
 
-from . import extra, schedules
-from ._backend import config
-from ._jit import wait_compiled
+from . import extra, param_groups, schedules
 from .checkpoint import CheckpointError
-from .extra import LAMB, SWATS, AdaBelief, Lion, NDAdam, decay_mask_groups
+from .config import config
 from .flat import FlatParams
 from .interop import from_torch_state_dict, to_torch_state_dict
-from .optimizers import (
+from .kernels.compile import wait_compiled
+from .optim.elementwise import (
     SGD,
+    AdaBelief,
     Adadelta,
     Adagrad,
     Adam,
     Adamax,
     AdamW,
+    Lion,
     NAdam,
     RAdam,
     RMSprop,
     Yogi,
 )
+from .optim.multipass import LAMB, SWATS, NDAdam
+from .param_groups import decay_mask_groups
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
     "Yogi", "AdaBelief", "Lion", "LAMB", "NDAdam", "SWATS",
-    "FlatParams", "config", "wait_compiled", "schedules", "extra", "decay_mask_groups",
-    "CheckpointError", "to_torch_state_dict", "from_torch_state_dict", "__version__",
+    "FlatParams", "config", "wait_compiled", "schedules", "extra", "param_groups",
+    "decay_mask_groups", "CheckpointError", "to_torch_state_dict", "from_torch_state_dict",
+    "__version__",
 ]

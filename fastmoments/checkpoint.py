@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import STATE_DICT_VERSION, _copy_into, _to_host
+from .optim._state import STATE_DICT_VERSION, copy_into, plan_load, to_host
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._base import Optimizer
+    from .optim.base import Optimizer
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION"]
 
@@ -130,7 +130,7 @@ def _collect(optimizer: Optimizer, params: bool) -> dict[str, np.ndarray]:
             arrays[f"state.{k}.{name}"] = buf
     if params:
         for i, p in enumerate(all_params):
-            arrays[f"param.{i}"] = p if isinstance(p, np.ndarray) else _to_host(p)
+            arrays[f"param.{i}"] = p if isinstance(p, np.ndarray) else to_host(p)
     return arrays
 
 
@@ -199,7 +199,7 @@ def load(optimizer: Optimizer, path: str | os.PathLike[str], *, params: bool = T
         "host_state": meta["host_state"],
     }
     try:
-        optimizer._plan_load(sd)  # validation only: raises before anything changes
+        plan_load(optimizer, sd)  # validation only: raises before anything changes
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     restore = params and meta["num_params"] > 0
@@ -208,7 +208,7 @@ def load(optimizer: Optimizer, path: str | os.PathLike[str], *, params: bool = T
     optimizer.skipped_steps = meta["skipped_steps"]
     if restore:
         for i, p in enumerate(all_params):
-            _copy_into(p, entries[f"param.{i}"])
+            copy_into(p, entries[f"param.{i}"])
 
 
 def _read(

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import as_cuda_array, as_host_array, cuda_module, is_cuda_array
+from ._arrays import as_cuda_array, as_host_array, cuda_module, is_cuda_array
 
 __all__ = ["FlatParams"]
 

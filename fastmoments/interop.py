@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import STATE_DICT_VERSION, _current, _to_host
+from .optim._checks import lr_at
+from .optim._state import STATE_DICT_VERSION, to_host
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._base import Optimizer
+    from .optim.base import Optimizer
 
 __all__ = ["to_torch_state_dict", "from_torch_state_dict"]
 
@@ -107,7 +108,7 @@ def to_torch_state_dict(optimizer: Optimizer) -> dict[str, Any]:
     for k, group in enumerate(optimizer._groups):
         hyper = {key: value for key, value in group.hyper.items() if key != "params"}
         _check_expressible(name, hyper, k)
-        hyper["lr"] = _current(hyper["lr"], step)
+        hyper["lr"] = lr_at(hyper["lr"], step)
         kwargs = {key: value for key, value in hyper.items() if key in accepted}
         # a throwaway torch optimizer gives the exact param-group keys and defaults of the
         # installed torch version
@@ -121,7 +122,7 @@ def to_torch_state_dict(optimizer: Optimizer) -> dict[str, Any]:
         if step == 0 and name != "Adagrad":
             index += len(group.params)
             continue
-        views = {buf: _to_host(group.state[buf]) for buf in group.state}
+        views = {buf: to_host(group.state[buf]) for buf in group.state}
         for j, p in enumerate(group.params):
             start, stop = int(group.offsets[j]), int(group.offsets[j + 1])
             entry: dict[str, Any] = {}

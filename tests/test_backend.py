@@ -114,7 +114,7 @@ import multiprocessing, sys
 import numpy as np
 import numba
 import fastmoments as fm
-from fastmoments import _jit
+from fastmoments.kernels import compile as _jit
 
 assert fm.config.background_compile  # the default
 fm.config.parallel_threshold = 1000
@@ -150,7 +150,7 @@ def jobs(word):
 
 def element_wise(opt, t):
     if t == 0:  # the serial loop ran; the parallel one compiles in the background
-        assert not parallel_ran(opt) and opt._hot is None
+        assert not parallel_ran(opt) and opt._short_path is None
         assert jobs("multi_parallel"), list(_jit._BACKGROUND)
         assert fm.wait_compiled(300)
     else:
@@ -229,7 +229,7 @@ def test_when_ready_stands_in_until_compiled_then_remembers_the_key(monkeypatch)
     itself); another key is remembered once its loop ran."""
     from numba import njit
 
-    from fastmoments import _jit
+    from fastmoments.kernels import compile as _jit
 
     @njit
     def add_one(x):

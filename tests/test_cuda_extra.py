@@ -16,7 +16,7 @@ from cases import problem
 from test_extra import case_id, make
 
 import fastmoments as fm
-import fastmoments._segmented as segmented
+import fastmoments.kernels.segmented as segmented
 from fastmoments import extra
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"

@@ -61,7 +61,7 @@ def test_site_builds_strict(tmp_path):
     assert "initial_accumulator_value" in page("rules/yogi/index.html")
     api = page("api/index.html")
     for name in ("fastmoments.Adam", "fastmoments.Yogi", "fastmoments.FlatParams",
-                 "fastmoments.schedules.Cosine", "fastmoments._base.Optimizer.step"):
+                 "fastmoments.schedules.Cosine", "fastmoments.optim.base.Optimizer.step"):
         assert f'id="{name}"' in api, f"{name} is missing from the API reference"
     assert "__cuda_array_interface__" in page("from-torch/index.html")
     assert "NUMBA_ENABLE_CUDASIM" in page("cuda/index.html")

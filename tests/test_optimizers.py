@@ -116,22 +116,22 @@ def test_parallel_kernels_identical(case, monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_plain_kernels_identical(case, monkeypatch):
     """The plain variant (neutral scalars compiled in) gives the general kernel's bits."""
-    from fastmoments import _base
+    from fastmoments.optim import _dispatch
 
     name, kwargs = case
     params, grad = problem(steps=10)
     chosen = []
-    real_plain_variant = _base._plain_variant
+    real_plain_variant = _dispatch._plain_variant
 
     def recording(kernel, scalars):
         plain = real_plain_variant(kernel, scalars)
         chosen.append(plain is not None)
         return plain
 
-    monkeypatch.setattr(_base, "_plain_variant", recording)
+    monkeypatch.setattr(_dispatch, "_plain_variant", recording)
     plain = [p.copy() for p in params]
     run_fm(name, kwargs, plain, grad, steps=10)
-    monkeypatch.setattr(_base, "_plain_variant", lambda kernel, scalars: None)
+    monkeypatch.setattr(_dispatch, "_plain_variant", lambda kernel, scalars: None)
     general = [p.copy() for p in params]
     run_fm(name, kwargs, general, grad, steps=10)
     for a, b in zip(plain, general):
@@ -147,7 +147,7 @@ def test_plain_kernels_identical(case, monkeypatch):
 def test_neutral_rule_scalars_are_hyperparameters(case):
     """The rule's own neutral scalars (weight_decay, eps_root) do not change with the
     step or the learning rate: _run decides the plain variant once per (re)build."""
-    from fastmoments._jit import NEUTRAL
+    from fastmoments.kernels.elementwise import NEUTRAL
 
     name, kwargs = case
     params, grad = problem(steps=6)
@@ -160,8 +160,8 @@ def test_neutral_rule_scalars_are_hyperparameters(case):
         index = [kernel.scalar_names.index(s) - 2 for s in kernel.plain.fixed[2:]]
         real = opt._scalars
 
-        def recording(values, lr, step, host, index=index, real=real):
-            scalars = real(values, lr, step, host)
+        def recording(values, lr, step, host, named, index=index, real=real):
+            scalars = real(values, lr, step, host, named)
             seen.append(tuple(scalars[k] for k in index))
             return scalars
 
@@ -293,7 +293,7 @@ def test_float32_scalar_beyond_float32_range_becomes_inf():
 def test_cached_kernel_calls_follow_every_change(path, monkeypatch):
     """step() reuses the compiled loop's entry point for the same arrays; a change of
     gradient array, kernel variant, threshold, hyperparameter or state is followed."""
-    from fastmoments import _base
+    from fastmoments.optim import _dispatch
 
     rng = np.random.default_rng(3)
     shapes = [(4, 5), (7,)]
@@ -301,7 +301,7 @@ def test_cached_kernel_calls_follow_every_change(path, monkeypatch):
 
     def run(use_cache: bool) -> list[np.ndarray]:
         if not use_cache:
-            monkeypatch.setattr(_base, "_callee", lambda kernel, group, loop, src, args: (
+            monkeypatch.setattr(_dispatch, "_callee", lambda kernel, group, loop, src, args: (
                 loop, None))
         params = [np.ones(s, np.float32) for s in shapes]
         target = fm.FlatParams(params) if path == "flat" else params
@@ -372,7 +372,7 @@ def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
         opt = getattr(fm, name)(target, **kwargs)
         params = target.params if path == "flat" else params  # the arrays updated
         if not short:
-            opt._hot_capable = False
+            opt._short_path_capable = False
         snapshot = None
         taken = 0
         for t in range(24):
@@ -414,7 +414,7 @@ def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
                 opt.nonfinite = "skip"
             elif t == 22:
                 opt.nonfinite = "apply"
-            taken += opt._hot is not None and scale == 1.0
+            taken += opt._short_path is not None and scale == 1.0
             if path == "flat":
                 target.grad[:] = np.concatenate([x.ravel() for x in g])
                 opt.step(grad_scale=scale)
@@ -437,7 +437,7 @@ def test_short_path_follows_every_change(path, name, kwargs, monkeypatch):
 def _count_short_path_packs(opt, packs: list) -> None:
     """Make the short path step() built (if any, and not done already) append the
     arguments of each scalar packing it makes to ``packs``."""
-    hot = opt._hot
+    hot = opt._short_path
     if hot is None or getattr(hot[3], "counted", False):
         return
     pack = hot[3]
@@ -447,7 +447,7 @@ def _count_short_path_packs(opt, packs: list) -> None:
         pack(*args)
 
     counting.counted = True
-    opt._hot = (*hot[:3], counting, *hot[4:])
+    opt._short_path = (*hot[:3], counting, *hot[4:])
 
 
 @pytest.mark.parametrize("path", ["flat", "list"])
@@ -463,7 +463,7 @@ def test_short_path_packs_scalars_only_when_they_change(path):
         target = fm.FlatParams(params) if path == "flat" else params
         opt = fm.SGD(target, lr=0.5, momentum=0.5)
         if not short:
-            opt._hot_capable = False
+            opt._short_path_capable = False
         grads = [np.ones(4, np.float32), np.ones(3, np.float32)]
         packs: list = []
         after = []  # the parameters after each step
@@ -529,7 +529,7 @@ def test_short_path_keeps_no_reference_cycle():
     g = [np.ones(10, np.float32)]
     opt.step(g)
     opt.step(g)
-    assert opt._hot is not None
+    assert opt._short_path is not None
     ref = weakref.ref(opt)
     enabled = gc.isenabled()
     gc.disable()

@@ -8,7 +8,7 @@ flat path one tensor.
 
 from __future__ import annotations
 
-from fastmoments import bench
+from fastmoments.tools import bench
 
 from .common import (
     BACKENDS,

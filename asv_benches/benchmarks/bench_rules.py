@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastmoments import bench
+from fastmoments.tools import bench
 
 from .common import (
     BACKENDS,

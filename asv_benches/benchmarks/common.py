@@ -1,7 +1,7 @@
 """The parameter grid and the helpers every benchmark shares.
 
 The cases themselves (data, optimizers, ceiling kernels, torch and NumPy rows,
-timing) come from :mod:`fastmoments.bench`, so ``fastmoments bench`` and these
+timing) come from :mod:`fastmoments.tools.bench`, so ``fastmoments bench`` and these
 benchmarks measure the same thing.
 """
 
@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 import fastmoments
-from fastmoments import bench
+from fastmoments.tools import bench
 
 # asv forks every benchmark from a server that imported this suite once: what is
 # initialised here is not paid again per benchmark. numba's CPU target (about 0.3 s

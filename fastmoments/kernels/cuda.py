@@ -1,13 +1,14 @@
 """CUDA side: launching the generated grid-stride kernels, and a gradient reduction.
 
-Imported only when a CUDA array is seen (see ``_backend.cuda_module``).
+Imported only when a CUDA array is seen (see ``fastmoments._arrays.cuda_module``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._backend import config, cuda_module
+from .._arrays import cuda_module
+from ..config import config
 
 cuda = cuda_module()
 

@@ -2,7 +2,7 @@
 
 Each rule takes ``(param, grad, <state values>, grad_mult, clip_value, <scalars>)`` for
 one element and returns the new ``(param, <state values>)``. The CPU loops and the
-CUDA kernels are generated from these signatures (see ``_jit``). Every scalar is
+CUDA kernels are generated from these signatures (see :mod:`.elementwise`). Every scalar is
 computed on the host in float64 and cast to the buffer dtype before the call, and no
 rule contains a numeric literal, so a float32 buffer is processed in float32.
 
@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import math
 
-from ._jit import rule
+from .compile import rule
 
 
 @rule
-def effective_grad(param, grad, grad_mult, clip_value, weight_decay):
+def scaled_grad(grad, grad_mult, clip_value):
+    # the gradient as the step sees it: unscaled / sign-flipped / clipped by norm
+    # (one multiplication by grad_mult), then clipped by value; rules whose decay is
+    # not L2 start here
     g = grad * grad_mult
     if g > clip_value:
         g = clip_value
     elif g < -clip_value:
         g = -clip_value
+    return g
+
+
+@rule
+def effective_grad(param, grad, grad_mult, clip_value, weight_decay):
+    g = scaled_grad(grad, grad_mult, clip_value)
     if weight_decay:  # skipped when 0, as torch does (0 * inf would be nan)
         g = g + weight_decay * param
     return g
@@ -203,22 +212,11 @@ def yogi(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay,
 # ====================================================================
 # Rules of fastmoments.extra (AdaBelief, Lion, LAMB, ND-Adam, SWATS, Yogi's v0).
 # The multi-pass rules (LAMB, ND-Adam, SWATS) are run by the segmented loops of
-# ``_segmented``: after the state values they take one value per segment (a
+# :mod:`.segmented`: after the state values they take one value per segment (a
 # tensor or a weight vector: a trust-ratio step, a dot product, a norm), and after
 # the new state values they return per-element terms that the loops sum per
 # segment in float64.
 # --------------------------------------------------------------------
-@rule
-def scaled_grad(grad, grad_mult, clip_value):
-    # effective_grad without weight decay (for rules whose decay is not L2)
-    g = grad * grad_mult
-    if g > clip_value:
-        g = clip_value
-    elif g < -clip_value:
-        g = -clip_value
-    return g
-
-
 # --------------------------------------------------------------- AdaBelief
 @rule
 def adabelief(param, grad, exp_avg, exp_avg_var, grad_mult, clip_value, weight_decay,

@@ -1,4 +1,4 @@
-"""Which device an array lives on, and the lazily imported CUDA side."""
+"""Which device an array lives on, views without copies, and the lazily imported CUDA side."""
 
 from __future__ import annotations
 
@@ -7,52 +7,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "is_cuda_array", "device_address", "cuda_module", "as_cuda_array", "as_host_array", "config",
+    "is_cuda_array", "is_array_like", "device_address", "cuda_module", "as_cuda_array",
+    "as_host_array",
 ]
-
-
-class _Config:
-    """Tunables read at call time (never frozen into a jitted function).
-
-    Attributes
-    ----------
-    parallel_threshold : int
-        A flat buffer (or a group of arrays) with at least this many elements is
-        processed by the multi-threaded loop; smaller ones by the serial loop.
-        Default 32768: with 2 threads, float32 Adam and Adagrad ran 1.3-1.5x faster
-        in parallel from 32000 elements, SGD broke even there (``fastmoments bench
-        --crossover``; docs/performance.md).
-    background_compile : bool
-        Default True. The first time a process needs a parallel CPU loop that is not
-        compiled yet (numba's parallel compilation takes 0.5-1 s more than the serial
-        loop's), the step runs the serial loop, which gives the same results, and the
-        parallel loop compiles (or loads from numba's on-disk cache) in a background
-        thread; later steps use it once it is ready (:func:`fastmoments.wait_compiled`
-        waits for it). LAMB's second pass and trust ratios and SWATS's sum of its dot
-        products compile the same way on a cold start, with NumPy versions giving the
-        same results meanwhile. False: the step compiles what it needs itself.
-    cuda_threads_per_block : int
-        Threads per block of the CUDA kernels.
-    cuda_max_blocks : int or None
-        Upper bound on the grid size (the kernels are grid-stride loops); ``None``
-        means enough blocks to cover the buffer once.
-    """
-
-    __slots__ = ("parallel_threshold", "background_compile", "cuda_threads_per_block",
-                 "cuda_max_blocks")
-
-    def __init__(self) -> None:
-        self.parallel_threshold = 1 << 15
-        self.background_compile = True
-        self.cuda_threads_per_block = 256
-        self.cuda_max_blocks: int | None = None
-
-    def __repr__(self) -> str:
-        items = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"config({items})"
-
-
-config = _Config()
 
 
 def _is_simulated(x: Any) -> bool:
@@ -65,6 +22,11 @@ def is_cuda_array(x: Any) -> bool:
     if isinstance(x, np.ndarray):
         return False
     return hasattr(x, "__cuda_array_interface__") or _is_simulated(x)
+
+
+def is_array_like(x: Any) -> bool:
+    """An array of either kind (NumPy, ``__array_interface__`` or CUDA), not a list of them."""
+    return isinstance(x, np.ndarray) or is_cuda_array(x) or hasattr(x, "__array_interface__")
 
 
 def device_address(x: Any) -> int:

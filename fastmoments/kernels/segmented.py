@@ -13,7 +13,7 @@ and which returns ``(new_param, <new state values...>, <terms...>)``: the segmen
 values are read once per segment (a per-tensor step size, a per-vector dot
 product), and the terms are summed per segment (on the CPU in blocks of the buffer
 dtype added into float64, on a GPU in float64). From that signature this module
-generates, like ``_jit`` for the element-wise rules,
+generates, like :mod:`.elementwise` for the element-wise rules,
 
 - ``serial`` / ``parallel``: ``@njit`` loops over a table of *chunks* (a segment,
   or a piece of a long one, so that the threads share a large tensor evenly; the
@@ -36,27 +36,30 @@ caller writes the next pass's segment values into :func:`workspace`'s ``values``
 from __future__ import annotations
 
 import inspect
+import math
 import struct
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from numba import get_num_threads, njit, types
+from numba import get_num_threads, types
 from numba.extending import intrinsic
 
-from . import _cpu
-from ._backend import config
-from ._jit import (
+from ..config import config
+from . import host
+from .compile import (
     WhenReady,
     build_generated,
+    cached_njit,
     compile_in_background,
     cpu_loop,
     loop_ready,
     source_hash,
 )
+from .elementwise import named_scalars
 
-__all__ = ["Segments", "SegmentedKernel", "Workspace", "run", "workspace", "CHUNK"]
+__all__ = ["Segments", "Parts", "SegmentedKernel", "Workspace", "run", "workspace", "CHUNK"]
 
 #: the longest run of elements one chunk (one thread, or one CUDA block) processes
 CHUNK = 1 << 14
@@ -67,10 +70,19 @@ MAX_THREADS = 1024
 _TENSOR, _SEGMENT, _FIRST, _COUNT, _STRIDE, _FIRST_FLAT = range(6)
 
 
-_SOURCE_HASH = source_hash("_jit.py", "_rules.py", "_segmented.py")
+_SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules.py", "segmented.py")
 
 
 # ------------------------------------------------------------------ layout
+class Parts(NamedTuple):
+    """Where each parameter of a group lies in a larger tensor (see :class:`Segments`):
+    parameter ``j`` holds the elements ``start[j] ...`` of tensor ``tensor[j]``, in C
+    order."""
+
+    tensor: np.ndarray  # per parameter: the index of its tensor
+    start: np.ndarray  # per parameter: the index of its first element in that tensor
+
+
 class Segments:
     """The segments of one param group and the chunk table the loops walk.
 
@@ -86,31 +98,57 @@ class Segments:
         ``(r, c)`` matrix are ``(r, c, 1)``, its columns ``(1, r, c)``).
         Segments are numbered in parameter order, then in C order of
         ``(outer, inner)``.
+    parts
+        ``None``: each parameter is a whole tensor. Otherwise the parameters are
+        contiguous *parts* of larger tensors (a shard of a flat buffer split over
+        processes, see :mod:`fastmoments.distributed`): ``layouts`` then has one
+        entry per *tensor* of the whole buffer, the segments are numbered over all
+        of them (every process numbers a segment alike, so per-segment totals can be
+        summed over the processes), and the chunk table covers the elements that
+        parameter ``j`` holds: elements ``parts.start[j]`` to ``parts.start[j] +
+        size_j - 1`` (C order) of tensor ``parts.tensor[j]``. A segment cut by a
+        part's edge is covered by the chunks of its elements inside the part.
     """
 
-    def __init__(self, offsets: np.ndarray, layouts: Sequence[tuple[int, int, int] | None]):
-        rows = []
+    def __init__(self, offsets: np.ndarray, layouts: Sequence[tuple[int, int, int] | None],
+                 parts: Parts | None = None):
+        num_params = len(offsets) - 1
+        # segments are numbered over the tensors of ``layouts``, in order
         self.first_segment = np.zeros(len(layouts) + 1, dtype=np.int64)
         count = 0
-        one_to_one = True  # every segment is exactly one chunk
-        for j, layout in enumerate(layouts):
-            self.first_segment[j] = count
+        for t, layout in enumerate(layouts):
+            self.first_segment[t] = count
+            if layout is not None:
+                count += int(layout[0]) * int(layout[2])
+        self.first_segment[-1] = count
+        self.num_segments = count
+        #: the tensor (an index into ``layouts``) that each parameter is (part of)
+        self.tensor_of = (np.arange(num_params, dtype=np.int64) if parts is None
+                          else np.asarray(parts.tensor, dtype=np.int64))
+        rows = []
+        for j in range(num_params):
+            t = int(self.tensor_of[j])
+            layout = layouts[t]
             if layout is None:
                 continue
             outer, length, inner = (int(x) for x in layout)
-            n_seg = outer * inner
-            if n_seg and length:
-                rows.append(_chunks_of(j, count, outer, length, inner, int(offsets[j])))
-            one_to_one = one_to_one and (n_seg == 0 or 0 < length <= CHUNK)
-            count += n_seg
-        self.first_segment[-1] = count
-        self.num_segments = count
+            start = 0 if parts is None else int(parts.start[j])
+            size = int(offsets[j + 1] - offsets[j])
+            if outer * inner == 0 or length == 0 or size == 0:
+                continue
+            if start == 0 and size == outer * length * inner:  # the whole tensor
+                rows.append(_chunks_of(j, int(self.first_segment[t]), outer, length, inner,
+                                       int(offsets[j])))
+            else:
+                rows.append(_window_chunks(j, int(self.first_segment[t]), outer, length, inner,
+                                           int(offsets[j]), start, start + size))
         self.chunks = (np.concatenate(rows) if rows else np.zeros((0, 6), dtype=np.int64))
         # rows of the table per parameter (the table is in parameter order)
         tensors = self.chunks[:, _TENSOR]
-        self.rows = np.searchsorted(tensors, np.arange(len(layouts) + 1), side="left")
+        self.rows = np.searchsorted(tensors, np.arange(num_params + 1), side="left")
         #: every segment is exactly one chunk, in order (the sums are the totals)
-        self.one_to_one = one_to_one
+        self.one_to_one = bool(np.array_equal(self.chunks[:, _SEGMENT],
+                                              np.arange(count, dtype=np.int64)))
         #: the segment of each chunk (what ``totals`` adds by)
         self.segment_of_chunk = np.ascontiguousarray(self.chunks[:, _SEGMENT])
         #: every chunk has stride 1 (the loops without a strided branch apply)
@@ -181,7 +219,7 @@ class Segments:
         return self._device
 
 
-@njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def _add_per_segment(segment_of_chunk, sums, out):
     out[:] = 0.0
     for c in range(sums.shape[0]):
@@ -219,9 +257,38 @@ def _chunks_of(j: int, first_segment: int, outer: int, length: int, inner: int,
     return table.reshape(-1, 6)
 
 
+def _window_chunks(j: int, first_segment: int, outer: int, length: int, inner: int,
+                   offset: int, start: int, stop: int) -> np.ndarray:
+    """The chunk rows of the elements ``start`` to ``stop - 1`` (C order) of a tensor
+    of layout ``(outer, length, inner)`` held by parameter ``j`` (whose element 0 is
+    the tensor's element ``start``): each segment that the window cuts is covered by
+    one strided run of its elements inside the window, split into pieces of at most
+    ``CHUNK``, with the segment's number in the whole tensor."""
+    span = length * inner
+    o = np.repeat(np.arange(start // span, (stop - 1) // span + 1, dtype=np.int64), inner)
+    q = np.tile(np.arange(inner, dtype=np.int64), o.size // inner)
+    base = o * span + q  # the tensor index of each segment's element 0
+    # the segment's elements base + l * inner inside [start, stop): l in [lo, hi)
+    lo = np.clip(-((base - start) // inner), 0, length)
+    hi = np.clip(-((base - stop) // inner), 0, length)
+    keep = hi > lo
+    base, o, q, lo, count = base[keep], o[keep], q[keep], lo[keep], (hi - lo)[keep]
+    pieces = -(-count // CHUNK)
+    row = np.repeat(np.arange(count.size), pieces)  # the segment of each chunk
+    piece = np.arange(row.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    table = np.empty((row.size, 6), dtype=np.int64)
+    table[:, _TENSOR] = j
+    table[:, _SEGMENT] = first_segment + o[row] * inner + q[row]
+    table[:, _FIRST] = base[row] + (lo[row] + piece * CHUNK) * inner - start
+    table[:, _COUNT] = np.minimum(CHUNK, count[row] - piece * CHUNK)
+    table[:, _STRIDE] = inner
+    table[:, _FIRST_FLAT] = table[:, _FIRST] + offset
+    return table
+
+
 def whole_tensors(params: Sequence[Any]) -> list[tuple[int, int, int]]:
-    """Layouts with one segment per parameter tensor."""
-    return [(1, int(p.size), 1) for p in params]
+    """Layouts with one segment per parameter tensor (``params``: arrays, or shapes)."""
+    return [(1, math.prod(p) if isinstance(p, tuple) else int(p.size), 1) for p in params]
 
 
 # ------------------------------------------------------------- generation
@@ -276,7 +343,7 @@ _CPU_STRIDED = """
 _CPU_NO_STRIDED = ""
 
 # The contiguous (stride 1) loop of a rule that returns no terms: unit-stride views,
-# so that LLVM vectorizes it like the element-wise loops of ``_jit``.
+# so that LLVM vectorizes it like the element-wise loops of :mod:`.elementwise`.
 _CPU_CONTIGUOUS = """
             param_c = param[first:first + count]
             grad_c = grad[first:first + count]
@@ -407,6 +474,9 @@ class SegmentedKernel:
         self.state_names = tuple(state_names)
         self.segment_names = tuple(segment_names)
         self.scalar_names = tuple(args[k + len(segment_names) :])
+        # the scalars after grad_mult and clip_value, by name (see elementwise.named_scalars)
+        self.named = (named_scalars(self.name, self.scalar_names[2:])
+                      if self.scalar_names[:2] == ("grad_mult", "clip_value") else None)
         self.num_terms = int(num_terms)
         self.writes = tuple(writes)
 
@@ -577,7 +647,7 @@ class Workspace:
         num_terms = kernel.num_terms
         self.values = np.zeros((max(segments.num_segments, 1), len(kernel.segment_names)),
                                dtype=self.dtype)
-        self.scalars, self._pack, self._scalar_bytes = _cpu.scalar_packer(
+        self.scalars, self._pack, self._scalar_bytes = host.scalar_packer(
             len(kernel.scalar_names), self.dtype)
         if device == "cuda":  # the host copy of the device's sums (at least one column)
             self._host_sums = np.empty((segments.num_chunks, max(num_terms, 1)))
@@ -615,7 +685,7 @@ class Workspace:
         so its address stays valid (NumPy refuses to resize a referenced array).
         """
         if source is not self._grad_source:
-            np.add(self._offset_bytes, _cpu.address_of(source), out=self._grad_addresses)
+            np.add(self._offset_bytes, host.address_of(source), out=self._grad_addresses)
             self._grad_source = source
         return self._grad_addresses
 

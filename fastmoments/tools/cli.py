@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__, bench, demo
+    from .. import __version__
+    from . import bench
+    from .demo import app as demo
 
     parser = argparse.ArgumentParser(
         prog="fastmoments",
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_arguments(
         sub.add_parser("bench", help="measure each rule against this machine's memory ceiling",
-                       description=bench.__doc__,
+                       description=bench.cli.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     )
     return parser

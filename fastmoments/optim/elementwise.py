@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import _rules
-from ._base import Optimizer, _is_number
-from ._jit import Kernel
+from ..kernels import rules as _rules
+from ..kernels.elementwise import Kernel
+from ._checks import check_number
+from ._scalars import bias_corrections, weight_decay_terms
+from .base import Optimizer
+from .multipass import init_second_moment
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
@@ -45,61 +48,14 @@ _ADAMAX = Kernel(_rules.adamax, ("exp_avg", "exp_inf"))
 _NADAM = Kernel(_rules.nadam, ("exp_avg", "exp_avg_sq"))
 _RADAM = Kernel(_rules.radam, ("exp_avg", "exp_avg_sq"))
 _YOGI = Kernel(_rules.yogi, ("exp_avg", "exp_avg_sq"))
-
-
-# ----------------------------------------------------------------- checks
-def _number(hyper: dict, key: str, owner: str, low: float = 0.0, high: float | None = None,
-            high_open: bool = True) -> float:
-    x = hyper[key]
-    if not _is_number(x) or math.isnan(x):
-        raise ValueError(f"{owner}: invalid {key}: expected a number, got {x!r}")
-    ok = x >= low and (high is None or (x < high if high_open else x <= high)) and (
-        high is not None or math.isfinite(x)
-    )
-    if not ok:
-        bound = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
-        raise ValueError(f"{owner}: invalid {key}: expected a finite value >= {low}{bound}, "
-                         f"got {x!r}")
-    return float(x)
-
-
-def _betas(hyper: dict, owner: str) -> tuple[float, float]:
-    betas = hyper["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"{owner}: invalid betas: expected a pair (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        if not _is_number(b) or not 0.0 <= b < 1.0:
-            raise ValueError(f"{owner}: invalid betas[{i}]: expected 0.0 <= betas[{i}] < 1.0, "
-                             f"got {b!r}")
-    return float(betas[0]), float(betas[1])
-
-
-def _flag(hyper: dict, key: str, owner: str) -> bool:
-    x = hyper[key]
-    if not isinstance(x, bool):
-        raise TypeError(f"{owner}: invalid {key}: expected True or False, got {x!r}")
-    return x
-
-
-class _Checked(Optimizer):
-    """Optimizers whose hyperparameters are lr, numbers in [0, inf) and flags."""
-
-    _nonneg: tuple[str, ...] = ("eps", "weight_decay")
-    _bools: tuple[str, ...] = ("maximize",)
-
-    def _check(self, hyper: dict[str, Any]) -> None:
-        super()._check(hyper)
-        owner = type(self).__name__
-        for key in self._nonneg:
-            _number(hyper, key, owner)
-        for key in self._bools:
-            _flag(hyper, key, owner)
-        if "betas" in hyper:
-            _betas(hyper, owner)
+_ADABELIEF = Kernel(_rules.adabelief, ("exp_avg", "exp_avg_var"))
+_ADABELIEF_AMSGRAD = Kernel(_rules.adabelief_amsgrad,
+                            ("exp_avg", "exp_avg_var", "max_exp_avg_var"))
+_LION = Kernel(_rules.lion, ("exp_avg",))
 
 
 # -------------------------------------------------------------------- SGD
-class SGD(_Checked):
+class SGD(Optimizer):
     r"""Stochastic gradient descent with momentum (torch.optim.SGD semantics).
 
     .. math::
@@ -150,22 +106,22 @@ class SGD(_Checked):
 
     _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         momentum = hyper["momentum"]
         if momentum == 0:
-            return (hyper["weight_decay"], lr)
-        first = step == 1
-        return (
-            hyper["weight_decay"], lr,
-            0.0 if first else momentum,
-            1.0 if first else 1.0 - hyper["dampening"],
-            1.0 if hyper["nesterov"] else 0.0,
-            momentum,
+            return named(weight_decay=hyper["weight_decay"], lr=lr)
+        first = step == 1  # the buffer starts as the gradient itself, as in torch
+        return named(
+            weight_decay=hyper["weight_decay"], lr=lr,
+            buffer_decay=0.0 if first else momentum,
+            grad_coef=1.0 if first else 1.0 - hyper["dampening"],
+            nesterov=1.0 if hyper["nesterov"] else 0.0,
+            momentum=momentum,
         )
 
 
 # ---------------------------------------------------------------- Adagrad
-class Adagrad(_Checked):
+class Adagrad(Optimizer):
     r"""Adagrad (torch.optim.Adagrad semantics).
 
     .. math::
@@ -200,13 +156,13 @@ class Adagrad(_Checked):
 
     _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         clr = lr / (1.0 + (step - 1) * hyper["lr_decay"])
-        return (hyper["weight_decay"], clr, hyper["eps"])
+        return named(weight_decay=hyper["weight_decay"], clr=clr, eps=hyper["eps"])
 
 
 # ---------------------------------------------------------------- RMSprop
-class RMSprop(_Checked):
+class RMSprop(Optimizer):
     r"""RMSprop (torch.optim.RMSprop semantics).
 
     .. math::
@@ -237,21 +193,25 @@ class RMSprop(_Checked):
 
     def _check(self, hyper: dict[str, Any]) -> None:
         super()._check(hyper)
-        _number(hyper, "alpha", "RMSprop", 0.0, 1.0, high_open=False)
+        check_number(hyper, "alpha", "RMSprop", 0.0, 1.0, high_open=False)
 
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _RMSPROP[(hyper["centered"], hyper["momentum"] > 0)]
 
     _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         alpha = hyper["alpha"]
-        base = (hyper["weight_decay"], lr, alpha, 1.0 - alpha, hyper["eps"])
-        return base + ((hyper["momentum"],) if hyper["momentum"] > 0 else ())
+        if hyper["momentum"] > 0:
+            return named(weight_decay=hyper["weight_decay"], lr=lr, alpha=alpha,
+                         one_minus_alpha=1.0 - alpha, eps=hyper["eps"],
+                         momentum=hyper["momentum"])
+        return named(weight_decay=hyper["weight_decay"], lr=lr, alpha=alpha,
+                     one_minus_alpha=1.0 - alpha, eps=hyper["eps"])
 
 
 # --------------------------------------------------------------- Adadelta
-class Adadelta(_Checked):
+class Adadelta(Optimizer):
     r"""Adadelta (torch.optim.Adadelta semantics).
 
     .. math::
@@ -277,20 +237,21 @@ class Adadelta(_Checked):
 
     def _check(self, hyper: dict[str, Any]) -> None:
         super()._check(hyper)
-        _number(hyper, "rho", "Adadelta", 0.0, 1.0, high_open=False)
+        check_number(hyper, "rho", "Adadelta", 0.0, 1.0, high_open=False)
 
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _ADADELTA
 
     _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         rho = hyper["rho"]
-        return (hyper["weight_decay"], lr, rho, 1.0 - rho, hyper["eps"])
+        return named(weight_decay=hyper["weight_decay"], lr=lr, rho=rho, one_minus_rho=1.0 - rho,
+                     eps=hyper["eps"])
 
 
 # ------------------------------------------------------------ Adam family
-class Adam(_Checked):
+class Adam(Optimizer):
     r"""Adam (torch.optim.Adam semantics), with AMSGrad and optax's ``eps_root``.
 
     .. math::
@@ -343,17 +304,19 @@ class Adam(_Checked):
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _ADAM_AMSGRAD if hyper["amsgrad"] else _ADAM
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         beta1, beta2 = hyper["betas"]
-        wd = hyper["weight_decay"]
         if hyper["amsgrad"] and not hyper["amsgrad_bias_correction"]:
             bias_correction1 = bias_correction2 = 1.0
         else:
-            bias_correction1 = 1.0 - beta1**step
-            bias_correction2 = 1.0 - beta2**step
-        l2, decay_factor = (0.0, 1.0 - lr * wd) if self._decoupled else (wd, 1.0)
-        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1,
-                1.0 / bias_correction2, hyper["eps_root"], hyper["eps"])
+            bias_correction1, bias_correction2 = bias_corrections(beta1, beta2, step)
+        weight_decay, decay_factor = weight_decay_terms(hyper["weight_decay"], lr,
+                                                        self._decoupled)
+        return named(weight_decay=weight_decay, decay_factor=decay_factor,
+                     one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                     step_size=lr / bias_correction1,
+                     inv_bias_correction2=1.0 / bias_correction2, eps_root=hyper["eps_root"],
+                     eps=hyper["eps"])
 
 
 class AdamW(Adam):
@@ -383,7 +346,7 @@ class AdamW(Adam):
                          **options)
 
 
-class Adamax(_Checked):
+class Adamax(Optimizer):
     r"""Adamax, Adam with the infinity norm (torch.optim.Adamax semantics).
 
     .. math::
@@ -408,13 +371,13 @@ class Adamax(_Checked):
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _ADAMAX
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         beta1, beta2 = hyper["betas"]
-        return (hyper["weight_decay"], 1.0 - beta1, beta2, hyper["eps"],
-                lr / (1.0 - beta1**step))
+        return named(weight_decay=hyper["weight_decay"], one_minus_beta1=1.0 - beta1,
+                     beta2=beta2, eps=hyper["eps"], clr=lr / (1.0 - beta1**step))
 
 
-class NAdam(_Checked):
+class NAdam(Optimizer):
     r"""NAdam, Adam with Nesterov momentum (torch.optim.NAdam semantics).
 
     .. math::
@@ -452,21 +415,23 @@ class NAdam(_Checked):
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"mu_product": 1.0}
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         beta1, beta2 = hyper["betas"]
         psi = hyper["momentum_decay"]
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * psi))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
         mu_product = host["mu_product"] * mu
         host["mu_product"] = mu_product
-        wd = hyper["weight_decay"]
-        l2, decay_factor = (0.0, 1.0 - lr * wd) if hyper["decoupled_weight_decay"] else (wd, 1.0)
-        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 / (1.0 - beta2**step),
-                hyper["eps"], lr * (1.0 - mu) / (1.0 - mu_product),
-                lr * mu_next / (1.0 - mu_product * mu_next))
+        weight_decay, decay_factor = weight_decay_terms(hyper["weight_decay"], lr,
+                                                        hyper["decoupled_weight_decay"])
+        return named(weight_decay=weight_decay, decay_factor=decay_factor,
+                     one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                     inv_bias_correction2=1.0 / (1.0 - beta2**step), eps=hyper["eps"],
+                     grad_coef=lr * (1.0 - mu) / (1.0 - mu_product),
+                     exp_avg_coef=lr * mu_next / (1.0 - mu_product * mu_next))
 
 
-class RAdam(_Checked):
+class RAdam(Optimizer):
     r"""RAdam, rectified Adam (torch.optim.RAdam semantics).
 
     .. math::
@@ -502,25 +467,25 @@ class RAdam(_Checked):
     def _select(self, hyper: dict[str, Any]) -> Kernel:
         return _RADAM
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         beta1, beta2 = hyper["betas"]
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2 = 1.0 - beta2**step
+        bias_correction1, bias_correction2 = bias_corrections(beta1, beta2, step)
         rho_inf = 2.0 / (1.0 - beta2) - 1.0
         rho_t = rho_inf - 2.0 * step * beta2**step / bias_correction2
-        wd = hyper["weight_decay"]
-        l2, decay_factor = (0.0, 1.0 - lr * wd) if hyper["decoupled_weight_decay"] else (wd, 1.0)
+        weight_decay, decay_factor = weight_decay_terms(hyper["weight_decay"], lr,
+                                                        hyper["decoupled_weight_decay"])
         if rho_t > 5.0:
             rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
                              / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
             rectified, step_size = 1.0, lr * rect * math.sqrt(bias_correction2) / bias_correction1
         else:
             rectified, step_size = 0.0, lr / bias_correction1
-        return (l2, decay_factor, 1.0 - beta1, beta2, 1.0 - beta2, hyper["eps"], rectified,
-                step_size)
+        return named(weight_decay=weight_decay, decay_factor=decay_factor,
+                     one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                     eps=hyper["eps"], rectified=rectified, step_size=step_size)
 
 
-class Yogi(_Checked):
+class Yogi(Optimizer):
     r"""Yogi (optax / torch-optimizer semantics, bias-corrected).
 
     .. math::
@@ -574,13 +539,14 @@ class Yogi(_Checked):
     def _initial_host_state(self, hyper: dict[str, Any]) -> dict[str, float]:
         return {"second_moment_initialized": 0.0}
 
-    def _scalars(self, hyper: dict, lr: float, step: int, host: dict) -> tuple:
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         beta1, beta2 = hyper["betas"]
         inv_bias_correction2 = (
             1.0 if host["second_moment_initialized"] else 1.0 / (1.0 - beta2**step)
         )
-        return (hyper["weight_decay"], 1.0 - beta1, 1.0 - beta2, lr / (1.0 - beta1**step),
-                inv_bias_correction2, hyper["eps"])
+        return named(weight_decay=hyper["weight_decay"], one_minus_beta1=1.0 - beta1,
+                     one_minus_beta2=1.0 - beta2, step_size=lr / (1.0 - beta1**step),
+                     inv_bias_correction2=inv_bias_correction2, eps=hyper["eps"])
 
     def init_second_moment(self, *grads: Any) -> None:
         """Set :math:`v_0` to the mean of the squared gradients, before the first step.
@@ -597,6 +563,128 @@ class Yogi(_Checked):
         RuntimeError
             After the first step.
         """
-        from .extra import init_second_moment
-
         init_second_moment(self, grads)
+
+
+# --------------------------------------------------------------- AdaBelief
+class AdaBelief(Optimizer):
+    r"""AdaBelief: Adam with the "belief" in the gradient as second moment.
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        s_t &= \beta_2 s_{t-1} + (1 - \beta_2) (g_t - m_t)^2 + \epsilon, \qquad
+        \hat s_t = \max(\hat s_{t-1}, s_t) \ \text{(amsgrad) or } s_t \\
+        \theta_t &= (1 - \gamma\lambda)\,\theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}\,
+                    \frac{m_t}{\sqrt{\hat s_t / (1 - \beta_2^t)} + \epsilon}
+
+    (with ``decoupled_weight_decay=False``: :math:`g_t \leftarrow g_t + \lambda
+    \theta_{t-1}` instead of the factor :math:`1 - \gamma\lambda`).
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float or schedule, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-16
+        Added to :math:`s_t` in the state on every step *and* outside the square
+        root, as in adabelief-pytorch 0.2 and pytorch-optimizer.
+    weight_decay : float, default 0
+    amsgrad : bool, default False
+        Use the running maximum of :math:`s_t` (which includes eps).
+    decoupled_weight_decay : bool, default True
+        Decoupled decay (adabelief-pytorch's ``weight_decouple=True,
+        fixed_decay=False``); False adds an L2 term to the gradient.
+    maximize : bool, default False
+
+    Notes
+    -----
+    The trajectory of adabelief-pytorch 0.2 with ``rectify=False`` (its default,
+    ``rectify=True``, adds RAdam's rectification, not implemented here), of
+    pytorch-optimizer's ``AdaBelief`` and of optax's ``adabelief`` with
+    ``eps_root=eps`` (optax's name for the eps accumulated in the state; both
+    default to 1e-16 there, so the defaults agree).
+
+    References
+    ----------
+    Zhuang, Tang, Ding, Tatikonda, Dvornek, Papademetris & Duncan (2020), AdaBelief
+    Optimizer: Adapting Stepsizes by the Belief in Observed Gradients. NeurIPS.
+    """
+
+    _bools = ("amsgrad", "decoupled_weight_decay", "maximize")
+
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-16, weight_decay: float = 0.0, amsgrad: bool = False,
+                 decoupled_weight_decay: bool = True, *, maximize: bool = False,
+                 **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _ADABELIEF_AMSGRAD if hyper["amsgrad"] else _ADABELIEF
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        bias_correction1, bias_correction2 = bias_corrections(beta1, beta2, step)
+        weight_decay, decay_factor = weight_decay_terms(hyper["weight_decay"], lr,
+                                                        hyper["decoupled_weight_decay"])
+        return named(weight_decay=weight_decay, decay_factor=decay_factor,
+                     one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                     step_size=lr / bias_correction1,
+                     inv_bias_correction2=1.0 / bias_correction2, eps=hyper["eps"])
+
+
+# -------------------------------------------------------------------- Lion
+class Lion(Optimizer):
+    r"""Lion: the sign of an interpolated momentum (Chen et al., 2023).
+
+    .. math::
+
+        c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        \theta_t &= (1 - \gamma\lambda)\,\theta_{t-1} - \gamma\, \operatorname{sign}(c_t) \\
+        m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+    Every coordinate moves by exactly :math:`\gamma` (or not at all where
+    :math:`c_t = 0`), so Lion wants a learning rate 3-10x smaller than AdamW's
+    and a weight decay 3-10x larger for the same effective decay.
+
+    Parameters
+    ----------
+    params
+        A list of arrays, a :class:`~fastmoments.FlatParams`, or param-group dicts.
+    lr : float or schedule, default 1e-4
+    betas : (float, float), default (0.9, 0.99)
+    weight_decay : float, default 0
+        Decoupled, scaled by the learning rate.
+    maximize : bool, default False
+
+    Notes
+    -----
+    The trajectory of lion-pytorch (same defaults) and of optax's ``lion`` (whose
+    default ``weight_decay`` is 1e-3). One state buffer, ``exp_avg``.
+
+    References
+    ----------
+    Chen et al. (2023), Symbolic Discovery of Optimization Algorithms. NeurIPS.
+    """
+
+    _nonneg = ("weight_decay",)
+
+    def __init__(self, params: Any, lr: Any = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                      maximize=maximize), **options)
+
+    def _select(self, hyper: dict[str, Any]) -> Kernel:
+        return _LION
+
+    _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
+
+    def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
+        beta1, beta2 = hyper["betas"]
+        _, decay_factor = weight_decay_terms(hyper["weight_decay"], lr, True)
+        return named(decay_factor=decay_factor, lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1,
+                     beta2=beta2, one_minus_beta2=1.0 - beta2)

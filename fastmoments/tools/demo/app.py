@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _models
-from ._models import DataError, Dataset, Net, blobs, linear, load_table, spiral
-from .flat import FlatParams
+from ...flat import FlatParams
+from .data import DataError, Dataset, batches, blobs, linear, load_table, spiral
+from .models import Net
 
 __all__ = [
     "add_arguments", "run", "compare", "make_problem", "Preset", "Result", "presets",
@@ -82,7 +82,7 @@ def presets() -> dict[str, Preset]:
     """
     import fastmoments
 
-    from ._base import Optimizer
+    from ...optim.base import Optimizer
 
     out: dict[str, Preset] = {}
     for attr in fastmoments.__all__:
@@ -123,7 +123,7 @@ def make_problem(problem: str = "mlp", data: str | None = None, task: str = "aut
         ``"mlp"``, ``"logreg"`` or ``"linreg"``.
     data
         A ``.csv`` / ``.npz`` file (last column = target) to use instead of the
-        built-in data; see :func:`fastmoments._models.load_table`.
+        built-in data; see :func:`fastmoments.tools.demo.data.load_table`.
     task
         For ``data``: ``"auto"``, ``"classification"`` or ``"regression"``
         (``logreg`` forces classification, ``linreg`` regression).
@@ -287,7 +287,7 @@ def compare(
         curve[0] = net.loss(X, y)
         batch_losses = np.full(steps, np.nan)
         step_ns = np.zeros(steps, dtype=np.int64)
-        order = _models.batches(dataset.n, batch, seed)
+        order = batches(dataset.n, batch, seed)
         next_mark = 1
         taken = 0
         reported = 0

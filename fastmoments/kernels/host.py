@@ -7,14 +7,15 @@ import struct
 from collections.abc import Callable
 
 import numpy as np
-from numba import carray, njit, prange
+from numba import carray, prange
 
-from ._jit import _void_pointer, prepare_cpu_target
+from .cache import cached_njit
+from .compile import _void_pointer, prepare_cpu_target
 
 __all__ = ["sum_squares", "sum_squares_multi", "address_of", "scalar_packer"]
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@cached_njit(error_model="numpy", parallel=True)
 def _sum_squares_parallel(x):
     total = 0.0
     for i in prange(x.shape[0]):
@@ -23,7 +24,7 @@ def _sum_squares_parallel(x):
     return total
 
 
-@njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def _sum_squares_serial(x):
     total = 0.0
     for i in range(x.shape[0]):
@@ -32,7 +33,7 @@ def _sum_squares_serial(x):
     return total
 
 
-@njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def _sum_squares_multi(addresses, offsets, like):  # like: an array of the buffers' dtype
     total = 0.0
     for j in range(addresses.shape[0]):
@@ -51,7 +52,7 @@ def sum_squares(x: np.ndarray, parallel: bool) -> float:
 
 
 def sum_squares_multi(addresses: np.ndarray, offsets: np.ndarray, like: np.ndarray) -> float:
-    """Sum of squares over many arrays given by address (see ``_jit``'s multi loops)."""
+    """Sum of squares over many arrays given by address (as the list-path loops read them)."""
     prepare_cpu_target()
     return _sum_squares_multi(addresses, offsets, like)
 

@@ -1,0 +1,179 @@
+"""``state_dict()`` and ``load_state_dict()``: the plain-dict form of an optimizer.
+
+A state dict holds NumPy arrays and Python scalars only. Loading builds a complete
+plan first (every key, shape, dtype and hyperparameter checked against the
+optimizer) and changes nothing when it refuses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._checks import is_number, lr_at
+
+if TYPE_CHECKING:
+    from .base import Optimizer
+
+__all__ = ["STATE_DICT_VERSION", "state_dict", "load_state_dict", "plan_load", "to_host",
+           "copy_into"]
+
+STATE_DICT_VERSION = 1
+
+
+def state_dict(opt: Optimizer) -> dict[str, Any]:
+    """The optimizer state as a plain dict of NumPy arrays and Python scalars.
+
+    Keys: ``format_version``, ``optimizer`` (class name), ``step_count``,
+    ``param_groups`` (hyperparameters and sizes, one dict per group; a schedule
+    ``lr`` is stored as its current value with ``lr_schedule`` = its repr),
+    ``state`` (one dict of flat state buffers per group, copies) and
+    ``host_state`` (per-group scalar state, e.g. NAdam's ``mu_product``).
+    """
+    groups = []
+    for group in opt._groups:
+        hyper = {k: _plain(v) for k, v in group.hyper.items() if k != "params"}
+        if callable(group.hyper["lr"]):
+            hyper["lr"] = float(lr_at(group.hyper["lr"], opt.step_count))
+            hyper["lr_schedule"] = repr(group.hyper["lr"])
+        hyper["num_params"] = len(group.params)
+        hyper["numel"] = group.numel
+        hyper["dtype"] = str(group.dtype)
+        groups.append(hyper)
+    state = []
+    for group in opt._groups:
+        state.append({name: to_host(buf) for name, buf in group.state.items()})
+    return {
+        "format_version": STATE_DICT_VERSION,
+        "optimizer": type(opt).__name__,
+        "step_count": int(opt.step_count),
+        "param_groups": groups,
+        "state": state,
+        "host_state": [dict(g.host_state) for g in opt._groups],
+    }
+
+
+def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
+    """Load a :meth:`state_dict`; everything is validated before anything changes."""
+    plan = plan_load(opt, state_dict)
+    for group, hyper, arrays, host in plan:
+        for key, value in hyper.items():
+            if key == "lr" and callable(group.hyper["lr"]) and "lr_schedule" in hyper:
+                continue
+            if key in opt.defaults:
+                group.hyper[key] = value
+        opt._prepare(group, fresh=False)
+        for name, array in arrays.items():
+            copy_into(group.state[name], array)
+        group.host_state = dict(host)
+    opt.step_count = int(state_dict["step_count"])
+
+
+def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
+    owner = type(opt).__name__
+    if not isinstance(sd, dict):
+        raise TypeError(f"state_dict: expected a dict, got {type(sd).__name__}")
+    missing = {"format_version", "optimizer", "step_count", "param_groups", "state",
+               "host_state"} - set(sd)
+    if missing:
+        raise ValueError(f"state_dict: missing keys {sorted(missing)}")
+    if sd["format_version"] != STATE_DICT_VERSION:
+        raise ValueError(
+            f"state_dict: format_version {sd['format_version']!r} is not supported "
+            f"(expected {STATE_DICT_VERSION})"
+        )
+    if sd["optimizer"] != owner:
+        raise ValueError(f"state_dict: saved by {sd['optimizer']!r}, cannot load into {owner}")
+    step = sd["step_count"]
+    if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"state_dict: step_count must be an integer >= 0, got {step!r}")
+    for key in ("param_groups", "state", "host_state"):
+        if not isinstance(sd[key], (list, tuple)) or not all(
+            isinstance(x, dict) for x in sd[key]
+        ):
+            raise TypeError(f"state_dict: {key} should be a list of dicts, one per group")
+    if not (len(sd["param_groups"]) == len(sd["state"]) == len(sd["host_state"])
+            == len(opt._groups)):
+        raise ValueError(
+            f"state_dict: has {len(sd['param_groups'])} param groups, the optimizer has "
+            f"{len(opt._groups)}"
+        )
+    plan = []
+    for k, (group, hyper, arrays, host) in enumerate(
+        zip(opt._groups, sd["param_groups"], sd["state"], sd["host_state"])
+    ):
+        where = f"state_dict: param_groups[{k}]"
+        if hyper.get("num_params") != len(group.params) or hyper.get("numel") != group.numel:
+            raise ValueError(
+                f"{where}: has {hyper.get('num_params')} params / {hyper.get('numel')} "
+                f"elements, the optimizer's group has {len(group.params)} / {group.numel}"
+            )
+        merged = {**group.hyper}
+        for key, value in hyper.items():
+            if key in opt.defaults:
+                merged[key] = _restore(value)
+        if "lr_schedule" in hyper and callable(group.hyper["lr"]):
+            merged["lr"] = group.hyper["lr"]
+        try:
+            opt._check(merged)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        names = opt._select(merged).state_names
+        if set(arrays) != set(names):
+            raise ValueError(
+                f"state_dict: state[{k}] has buffers {sorted(arrays)}, expected {sorted(names)}"
+            )
+        for name in names:
+            a = arrays[name]
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"state_dict: state[{k}][{name!r}] is not a NumPy array")
+            if a.shape != (group.numel,) or a.dtype != group.dtype:
+                raise ValueError(
+                    f"state_dict: state[{k}][{name!r}] has shape {a.shape} and dtype "
+                    f"{a.dtype}, expected ({group.numel},) and {group.dtype}"
+                )
+        expected_host = set(opt._initial_host_state(merged))
+        if set(host) != expected_host:
+            raise ValueError(
+                f"state_dict: host_state[{k}] has keys {sorted(host)}, expected "
+                f"{sorted(expected_host)}"
+            )
+        for key, v in host.items():
+            if not is_number(v):
+                raise TypeError(f"state_dict: host_state[{k}][{key!r}] should be a number, "
+                                f"got {v!r}")
+        plan.append((group, {k2: _restore(v) for k2, v in hyper.items()}, arrays,
+                     {key: float(v) for key, v in host.items()}))
+    return plan
+
+
+def to_host(buf: Any) -> np.ndarray:
+    if isinstance(buf, np.ndarray):
+        return buf.copy()
+    return buf.copy_to_host()
+
+
+def copy_into(buf: Any, array: np.ndarray) -> None:
+    if isinstance(buf, np.ndarray):
+        buf[...] = array
+    else:
+        buf.copy_to_device(np.ascontiguousarray(array))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return tuple(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value

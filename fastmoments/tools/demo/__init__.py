@@ -1,0 +1,1 @@
+"""``fastmoments demo``: train a small NumPy model with a chosen optimizer."""

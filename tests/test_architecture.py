@@ -1,0 +1,176 @@
+"""The house rules a change must keep: the rule contract by name, no import cycle, the
+short path's fields declared once."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pathlib
+
+import numpy as np
+import pytest
+
+import fastmoments as fm
+from fastmoments.kernels.elementwise import Kernel, named_scalars
+from fastmoments.optim.base import Optimizer, ShortPath
+
+PACKAGE = pathlib.Path(fm.__file__).parent
+
+# every kernel variant a class can select: the test table's cases plus the variants it
+# does not reach (the multi-pass and element-wise rules outside the torch table)
+VARIANTS: list[tuple[str, dict]] = [
+    ("SGD", {}), ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 0.9, "nesterov": True}),
+    ("Adagrad", {}),
+    ("RMSprop", {}), ("RMSprop", {"centered": True}), ("RMSprop", {"momentum": 0.9}),
+    ("RMSprop", {"centered": True, "momentum": 0.9}),
+    ("Adadelta", {}),
+    ("Adam", {}), ("Adam", {"amsgrad": True}), ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+    ("AdamW", {}), ("AdamW", {"amsgrad": True}),
+    ("Adamax", {}), ("NAdam", {}), ("NAdam", {"decoupled_weight_decay": True}),
+    ("RAdam", {}), ("RAdam", {"decoupled_weight_decay": True}),
+    ("Yogi", {}), ("AdaBelief", {}), ("AdaBelief", {"amsgrad": True}),
+    ("Lion", {}), ("LAMB", {}), ("NDAdam", {}), ("SWATS", {}),
+]
+
+
+def _optimizer_classes() -> list[str]:
+    return [n for n in fm.__all__
+            if isinstance(getattr(fm, n), type) and issubclass(getattr(fm, n), Optimizer)]
+
+
+def test_every_class_has_its_variants_listed():
+    listed = {name for name, _ in VARIANTS}
+    assert set(_optimizer_classes()) <= listed, set(_optimizer_classes()) - listed
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS,
+                         ids=[f"{n}-{k}" for n, k in VARIANTS])
+def test_scalars_are_given_by_the_rule_signature_names(name, kwargs):
+    """Each class hands its rule the per-step scalars by name, and those names are the
+    parameters of the rule function its selected kernel calls, after ``param, grad``,
+    the states, ``grad_mult`` and ``clip_value``."""
+    opt = getattr(fm, name)([np.ones((3, 2)), np.ones(3)], **kwargs)
+    for group in opt._groups:
+        kernel = group.kernel
+        if isinstance(kernel, Kernel):
+            signature = list(inspect.signature(kernel.rule.py_func).parameters)
+            expected = tuple(signature[2 + len(kernel.state_names) + 2:])
+            assert kernel.scalar_names[2:] == expected
+        else:  # a multi-pass rule: the names its _run unpacks, declared once
+            expected = kernel.scalar_names[2:]
+        given: list[dict] = []
+
+        def recording(given=given, kernel=kernel, **values):
+            given.append(values)
+            return kernel.named(**values)
+
+        for step in (1, 2):
+            opt._scalars(group.values, 1e-3, step, dict(group.host_state), recording)
+        assert [tuple(v) for v in given] == [expected, expected]  # keyword order = rule order
+        assert inspect.signature(kernel.named).parameters.keys() == set(expected)
+
+
+def test_a_misnamed_scalar_raises_instead_of_shifting():
+    named = named_scalars("adam", ("beta2", "one_minus_beta2"))
+    assert named(one_minus_beta2=0.001, beta2=0.999) == (0.999, 0.001)
+    with pytest.raises(TypeError):
+        named(beta2=0.999, one_minus_beta=0.001)
+    with pytest.raises(TypeError):
+        named(0.999, 0.001)  # positional values are refused: names only
+
+
+def test_the_short_path_is_built_with_its_declared_fields():
+    flat = fm.FlatParams([np.ones(10, dtype=np.float32)])
+    flat.grad[:] = 0.5
+    opt = fm.Adam(flat, lr=1e-3)
+    opt.step()
+    short = opt._short_path
+    assert isinstance(short, ShortPath)
+    assert short.group is opt._groups[0] and short.flat and short.named is short.group.kernel.named
+    opt.max_grad_norm = 1.0  # an option change forgets every plan
+    assert opt._short_path is None and opt._packed_scalars is None
+
+
+# ------------------------------------------------------------- import graph
+def _module_name(root: pathlib.Path, path: pathlib.Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_module(root: pathlib.Path, name: str) -> bool:
+    base = root.parent / pathlib.Path(*name.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _imports(root: pathlib.Path, path: pathlib.Path, module: str) -> set[str]:
+    """Every module of the package that ``module`` imports, at any depth of its code
+    (imports inside functions included; ``if TYPE_CHECKING:`` blocks excluded)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    top = root.name
+    out = set()
+    tree = ast.parse(path.read_text())
+    # imports for type checkers only never run
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", None) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            names = [f"{source}.{a.name}" if _is_module(root, f"{source}.{a.name}") else source
+                     for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n.split(".")[0] == top and _is_module(root, n)}
+    out.discard(module)
+    out.discard(top)  # the package's __init__ only re-exports what its modules define
+    return out
+
+
+def _find_cycle(root: pathlib.Path) -> list[str] | None:
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = _module_name(root, path)
+        graph[name] = _imports(root, path, name)
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in trail:
+                return trail[trail.index(nxt):] + [nxt]
+            if nxt not in done:
+                found = visit(nxt, trail + [nxt])
+                if found:
+                    return found
+        done.add(node)
+        return None
+
+    for name in sorted(graph):
+        found = visit(name, [name])
+        if found:
+            return found
+    return None
+
+
+def test_no_import_cycle():
+    cycle = _find_cycle(PACKAGE)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
+
+
+def test_the_cycle_check_finds_a_cycle_made_inside_functions(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from .a import f\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
+    (package / "sub" / "b.py").write_text("from ..a import f\n")
+    assert _find_cycle(package) == ["pkg.a", "pkg.sub.b", "pkg.a"]
