@@ -12,7 +12,7 @@ from ..config import config
 
 cuda = cuda_module()
 
-__all__ = ["launch", "sum_squares", "zeros", "full"]
+__all__ = ["launch", "sum_squares", "full"]
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -56,6 +56,3 @@ def full(n: int, value: float, dtype) -> object:
     """A device array of ``n`` elements filled with ``value``."""
     return cuda.to_device(np.full(n, value, dtype=dtype))
 
-
-def zeros(n: int, dtype) -> object:
-    return full(n, 0.0, dtype)

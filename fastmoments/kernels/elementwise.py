@@ -90,7 +90,7 @@ def named_scalars(rule_name: str, names: tuple[str, ...]):
     a tuple in that order: how a class hands a rule its per-step scalars by name.
 
     A misspelt, missing or extra name raises ``TypeError`` on the first step instead of
-    shifting every later value by one place (calling it costs about 0.1 us).
+    shifting every later value by one place.
     """
     params = ", ".join(("*", *names)) if names else ""
     values = "".join(f"{n}, " for n in names)

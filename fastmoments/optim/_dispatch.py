@@ -116,7 +116,8 @@ def _callee(kernel: Kernel, group: Group, loop: Any, source: Any,
     Returns ``(callee, overload)``; the overload (numba's compile result, None for the
     dispatcher) is only held so that its machine code lives as long as the entry point.
 
-    numba's dispatcher types every argument on every call (about 0.07 us per array);
+    numba's dispatcher types every argument on every call (a cost per array that a
+    small step notices);
     the overload's entry point skips that but trusts its arguments' types blindly.
     It is used only for serial loops on arrays this optimizer owns and never swaps
     (state buffers, scalars, address tables, and FlatParams' ``data`` and ``grad``,
