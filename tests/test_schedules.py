@@ -126,9 +126,18 @@ def test_lowercase_aliases_are_the_classes():
 
 
 def test_docstring_examples():
-    result = doctest.testmod(schedules, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0
-    assert result.failed == 0
+    """Every module of the package, with the package's names (the lowercase aliases)."""
+    import importlib
+    import pkgutil
+
+    attempted = 0
+    for info in pkgutil.iter_modules(schedules.__path__):
+        module = importlib.import_module(f"{schedules.__name__}.{info.name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS,
+                                 extraglobs=vars(schedules))
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted >= 10
 
 
 # ----------------------------------------------------------------- validation
