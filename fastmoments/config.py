@@ -40,12 +40,12 @@ class _Config:
     parallel_threshold : int
         A flat buffer (or a group of arrays) with at least this many elements is
         processed by the multi-threaded loop; smaller ones by the serial loop.
-        Default 32768: with 2 threads, float32 Adam and Adagrad ran 1.3-1.5x faster
-        in parallel from 32000 elements, SGD broke even there (``fastmoments bench
-        --crossover``; docs/performance.md).
+        Default 32768: about where two threads start to pay for float32 rules on the
+        development machine; measure yours with ``fastmoments bench --crossover``
+        (docs/performance.md).
     background_compile : bool
         Default True. The first time a process needs a parallel CPU loop that is not
-        compiled yet (numba's parallel compilation takes 0.5-1 s more than the serial
+        compiled yet (numba's parallel compilation takes much longer than the serial
         loop's), the step runs the serial loop, which gives the same results, and the
         parallel loop compiles (or loads from numba's on-disk cache) in a background
         thread; later steps use it once it is ready (:func:`fastmoments.wait_compiled`
@@ -87,6 +87,7 @@ class _Config:
 
     @property
     def cache_dir(self) -> str | None:
+        """The folder of the on-disk cache of compiled loops (None: none); see above."""
         if self._cache_dir is _DEFAULT:
             self._cache_dir = _default_cache_dir()
         return self._cache_dir  # type: ignore[return-value]

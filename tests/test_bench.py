@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
-from fastmoments import bench
+from fastmoments.tools import bench
+from fastmoments.tools.bench import cases
 
 FAST = ["--budget", "0", "--quiet", "--threads", "1"]
 
@@ -52,9 +54,9 @@ def test_time_steps_blocks_short_calls():
 def test_traffic_and_chunks():
     assert bench.traffic(0) == (2, 1)
     assert bench.traffic(2) == (4, 3)  # Adam: p, g, m, v read; p, m, v written
-    assert bench._chunk_sizes(2500, 1000) == [1000, 1000, 500]
-    assert bench._chunk_sizes(7, 1000) == [7]
-    assert bench._chunk_sizes(2000, 1000) == [1000, 1000]
+    assert cases.chunk_sizes(2500, 1000) == [1000, 1000, 500]
+    assert cases.chunk_sizes(7, 1000) == [7]
+    assert cases.chunk_sizes(2000, 1000) == [1000, 1000]
     assert bench.rule_states("Adam") == 2
     assert bench.rule_states("SGD") == 1  # benchmarked with momentum
 
@@ -121,7 +123,7 @@ def test_cuda_pass_ceiling_makes_the_cpu_passes_stores(monkeypatch, reads, write
     from numba import cuda
 
     import fastmoments as fm
-    from fastmoments import _gpu
+    from fastmoments.kernels import cuda as _gpu
 
     monkeypatch.setattr(fm.config, "cuda_threads_per_block", 4)
     monkeypatch.setattr(fm.config, "cuda_max_blocks", 3)
@@ -144,7 +146,7 @@ def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
     # pass 1 stores the update r in a buffer it does not read (the 4th number)
     assert lamb.traffic_passes == ((4, 3, n, 1), (2, 1, n)) and not lamb.single_pass
     assert lamb.bytes_per_step == 10 * 4 * n
-    assert bench._traffic_label(lamb.traffic_passes) == "4r/3w(1new)+2r/1w"
+    assert cases.traffic_label(lamb.traffic_passes) == "4r/3w(1new)+2r/1w"
     ceiling = bench.ceiling_for(lamb)
     assert ceiling.traffic_passes == lamb.traffic_passes
     assert ceiling.bytes_per_step == lamb.bytes_per_step
@@ -162,7 +164,7 @@ def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
     for _ in range(20):  # benchmarked in its Adam phase: it does not switch
         swats.step()
     assert swats.current_passes() == swats.traffic_passes
-    assert not swats.keep[0]._groups[0].host_state["switched"]
+    assert not swats.keep[0].switched
 
 
 def test_ndadam_passes_on_matrices():
@@ -170,8 +172,10 @@ def test_ndadam_passes_on_matrices():
 
     flat = fm.FlatParams([np.ones((30, 40), np.float32), np.ones(7, np.float32)])
     opt = fm.NDAdam(flat)
-    assert opt._passes(opt._groups[0]) == [
-        (4, 3, 7), (2, 0, 1200), (3, 1, 1200), (3, 2, 1200), (1, 1, 1200)]
+    assert opt.traffic() == [[  # one param group
+        (4, 3, 7), (2, 0, 1200), (3, 1, 1200), (3, 2, 1200), (1, 1, 1200)]]
+    case = bench.fastmoments_case("NDAdam", 10, np.float32, "flat")
+    assert case.traffic_passes == tuple(case.keep[0].traffic()[0]) == ((4, 3, 10),)
 
 
 def test_numpy_adam_follows_fastmoments_adam():
@@ -287,28 +291,76 @@ def test_bad_options_exit_2(capsys, argv, message):
 
 
 _NO_CUDA = """
-import sys
-from fastmoments import bench
-sys.exit(bench.main(["--backend", "cuda", "--sizes", "none", "--quiet"]))
+import json
+from numba import cuda
+available = cuda.is_available()  # numba's answer, asked before the bench runs
+from fastmoments.tools import bench
+rc = bench.main(["--backend", "cuda", "--sizes", "none", "--quiet"])
+print(json.dumps({"available": available, "rc": rc}))
 """
 
 
-def test_cuda_backend_without_cuda_exits_2():
-    # in a fresh process without the simulator that tests/conftest.py turns on
+def test_cuda_backend_exits_2_exactly_when_numba_sees_no_device():
+    """In a fresh process without the simulator that tests/conftest.py turns on: where
+    numba finds no usable device the bench refuses with a clear message (exit 2), where
+    it finds one the bench runs; a bench that succeeds without a device fails here."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     proc = subprocess.run([sys.executable, "-c", _NO_CUDA], env=env, capture_output=True,
                           text=True, timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("a CUDA device is present")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out["available"]:
+        assert out["rc"] == 0, proc.stderr
+        return
+    assert out["rc"] == 2, proc.stderr
     assert "--backend cuda" in proc.stderr and "no usable CUDA device" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _fake_torch_bench(calls: list) -> types.ModuleType:
+    """A stand-in for fastmoments.tools.torch_bench with the interface bench expects."""
+    module = types.ModuleType("fastmoments.tools.torch_bench")
+
+    def add_arguments(parser):
+        parser.add_argument("--models", default="mlp")
+        parser.add_argument("--budget", type=float, default=9.0)  # bench's own: kept
+        parser.set_defaults(run=None)  # bench stays the handler
+
+    def run(args):
+        calls.append(args)
+        return {"table": "fake torch-module table", "models": args.models,
+                "budget": args.budget, "threads": args.threads}
+
+    module.add_arguments, module.run = add_arguments, run
+    return module
+
+
+def test_torch_runs_the_torch_module_benchmark(capsys, monkeypatch):
+    calls: list = []
+    monkeypatch.setitem(sys.modules, bench.cli.TORCH_BENCH, _fake_torch_bench(calls))
+    doc = _run_json(capsys, "--sizes", "none", "--torch", "--models", "cnn")
+    assert len(calls) == 1 and doc["results"] == []
+    # its own option and bench's shared ones, parsed by bench
+    assert doc["torch_modules"] == {"table": "fake torch-module table", "models": "cnn",
+                                    "budget": 0.0, "threads": [1]}
+    assert bench.main(["--sizes", "none", *FAST]) == 0  # without --torch: not run
+    assert len(calls) == 1 and "torch-module" not in capsys.readouterr().out
+    assert bench.main(["--sizes", "none", "--torch", *FAST]) == 0
+    assert "fake torch-module table" in capsys.readouterr().out
+
+
+def test_torch_without_the_torch_module_benchmark_exits_2(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, bench.cli.TORCH_BENCH, None)  # as if not installed
+    assert bench.main(["--sizes", "none", "--torch", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--torch" in err and "fastmoments.tools.torch_bench" in err
+    assert "Traceback" not in err
 
 
 _SIMULATED = """
 import json, sys
 import fastmoments as fm
-from fastmoments import bench
+from fastmoments.tools import bench
 fm.config.cuda_threads_per_block = 4
 fm.config.cuda_max_blocks = 3
 sys.exit(bench.main(["--backend", "cuda", "--rules", "adam", "--sizes", "40", "--chunk", "16",
@@ -342,7 +394,9 @@ def test_cuda_backend_under_the_simulator():
 _BLOCK_SIZES = """
 import json, sys
 import fastmoments as fm
-from fastmoments import _gpu, _segmented, bench
+from fastmoments.kernels import cuda as _gpu
+from fastmoments.kernels import segmented as _segmented
+from fastmoments.tools import bench
 launched = []  # the threads per block of every launch: element-wise, ceiling, segmented
 for module in (_gpu, _segmented):
     def recording(n, _grid=module._grid):
@@ -412,7 +466,7 @@ _OTHER_COPY = """
 import json, sys
 sys.path.insert(0, sys.argv[1])  # a copy of the package, on this process's path only
 import fastmoments
-from fastmoments import bench
+from fastmoments.tools import bench
 assert fastmoments.__file__.startswith(sys.argv[1]), fastmoments.__file__
 print(json.dumps(bench.first_step("SGD", 100, cache_dir=sys.argv[2])))
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import time
 import zipfile
@@ -185,12 +186,32 @@ def _big_pair():
     return out
 
 
+def _read_byte(fd: int, timeout: float = 120.0) -> bytes:
+    """One byte from the pipe ``fd`` (the child's report), failing after ``timeout`` s."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    assert ready, f"the saving child reported nothing in {timeout} s"
+    byte = os.read(fd, 1)
+    assert byte, "the saving child died"
+    return byte
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_kill_9_while_saving_leaves_old_or_new_checkpoint(tmp_path):
+    """A child saves two states in turn and reports each save on a pipe: ``b"s"`` as a
+    save starts, ``b"0"`` / ``b"1"`` when the state it wrote is in place. The parent
+    waits for a report (no sleep that a slow, fsyncing disk could outlast), then kills
+    the child at a random moment within about one save: the file then holds the state
+    last reported or the one being written, never a torn file."""
     (a, pa), (b, pb) = _big_pair()
     expected = [snapshot(a, pa), snapshot(b, pb)]
     target = tmp_path / "ck.npz"
     a.save(target)
+    times = []
+    for _ in range(3):  # how long one save takes on this disk now
+        t0 = time.perf_counter()
+        a.save(target)
+        times.append(time.perf_counter() - t0)
+    one_save = sorted(times)[1]
     rng = random.Random(1234)
     seen, interrupted = set(), 0
     # at least 20 kills; more (up to 200) while the kills have not yet hit both states
@@ -198,17 +219,34 @@ def test_kill_9_while_saving_leaves_old_or_new_checkpoint(tmp_path):
     for attempt in range(200):
         if attempt >= 20 and interrupted >= 5 and seen == {0, 1}:
             break
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: save the two states in turn until killed
             try:
+                os.close(read_end)
                 while True:
-                    a.save(target)
-                    b.save(target)
+                    for k, opt in enumerate((a, b)):
+                        os.write(write_end, b"s")
+                        opt.save(target)
+                        os.write(write_end, b"01"[k:k + 1])
             finally:
                 os._exit(1)
-        time.sleep(rng.uniform(0.002, 0.06))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        os.close(write_end)
+        try:
+            # wait until the child has saved state (attempt % 2) and started the next
+            # save, then kill it some time within that save
+            wanted, last = b"01"[attempt % 2:attempt % 2 + 1], None
+            while True:
+                byte = _read_byte(read_end)
+                if byte != b"s":
+                    last = byte
+                elif last == wanted:
+                    break
+            time.sleep(rng.uniform(0.0, one_save))
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(read_end)
         leftovers = [f for f in os.listdir(tmp_path) if f != "ck.npz"]
         interrupted += bool(leftovers)
         for f in leftovers:  # a killed writer leaves its temporary file behind
@@ -220,7 +258,7 @@ def test_kill_9_while_saving_leaves_old_or_new_checkpoint(tmp_path):
         state = snapshot(fresh, params)
         assert state in expected
         seen.add(expected.index(state))
-    assert interrupted >= 5  # most kills landed in the middle of a write
+    assert interrupted >= 5  # kills landed in the middle of a write
     assert seen == {0, 1}
 
 

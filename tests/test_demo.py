@@ -6,13 +6,17 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from children import run_child
+from strict import skip_or_fail
 
-from fastmoments import _models, cli, demo
+from fastmoments.tools import cli
+from fastmoments.tools.demo import app as demo
+from fastmoments.tools.demo import data as _models
+from fastmoments.tools.demo.models import Net
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -302,7 +306,7 @@ def test_sparkline():
     ],
 )
 def test_net_gradients_match_finite_differences(kwargs, data):
-    net = _models.Net(data.dim, data.n_out, seed=4, **kwargs)
+    net = Net(data.dim, data.n_out, seed=4, **kwargs)
     for p in net.params:  # nonzero biases, so that their gradients are tested too
         p += 0.1
     loss = net.loss_grad(data.X, data.y)
@@ -323,7 +327,7 @@ def test_net_writes_into_bound_gradient_views():
     import fastmoments as fm
 
     data = _models.spiral(20)
-    net = _models.Net(2, 3, hidden=4)
+    net = Net(2, 3, hidden=4)
     flat = fm.FlatParams(net.copy_params())
     net.bind(flat.params, flat.grads)
     net.loss_grad(data.X[:16], data.y[:16])
@@ -349,18 +353,27 @@ def test_batches_cover_each_epoch_once():
 
 
 # ------------------------------------------------------------- entry points
+def console_script() -> str | None:
+    """The ``fastmoments`` console script of this interpreter's environment (beside
+    ``sys.executable``: the one ``pip install`` wrote), else the first on PATH."""
+    folder = os.path.dirname(sys.executable)
+    return shutil.which("fastmoments", path=folder) or shutil.which("fastmoments")
+
+
 @pytest.mark.parametrize("launcher", ["module", "script"])
 def test_entry_points(launcher, tmp_path):
+    """``python -m fastmoments`` and the console script, from a folder that is not the
+    checkout, run the fastmoments under test (``run_child`` checks its ``__file__``)."""
     if launcher == "module":
         cmd = [sys.executable, "-m", "fastmoments"]
     else:
-        exe = shutil.which("fastmoments")
+        exe = console_script()
         if exe is None:
-            pytest.skip("the fastmoments console script is not on PATH")
+            skip_or_fail("the fastmoments console script is not installed")
         cmd = [exe]
-    done = subprocess.run(
+    done = run_child(
         [*cmd, "demo", "--steps", "5", "--quiet", "--no-plot", "--optimizers", "adam"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        cwd=tmp_path, timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert re.search(r"^Adam\s", done.stdout, re.MULTILINE)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from children import run_child
 
 import fastmoments as fm
 
@@ -91,10 +91,11 @@ def test_torch_interop_matches_torch_optim(capsys):
         assert "GPU part is skipped" in capsys.readouterr().out
 
 
-def test_an_example_runs_as_a_script():
-    done = subprocess.run(
+def test_an_example_runs_as_a_script(tmp_path):
+    """From another folder, with the fastmoments under test (``run_child`` checks it)."""
+    done = run_child(
         [sys.executable, str(EXAMPLES / "reddi_counterexample.py"), "--quick", "--C", "4"],
-        capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "1/(1+C^2) = 0.05882" in done.stdout

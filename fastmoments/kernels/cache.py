@@ -17,6 +17,8 @@ one difference: its folder is ``config.cache_dir`` (default: ``FASTMOMENTS_CACHE
 else ``NUMBA_CACHE_DIR``, else the user's cache folder), read when a function is first
 loaded or compiled, not when it is defined. numba's own settings are left alone:
 the user's functions with ``cache=True`` are cached where numba always caches them.
+(``NUMBA_CACHE_LOCATOR_CLASSES``, numba's setting that names the locators for every
+function, overrides this one too.)
 """
 
 from __future__ import annotations
@@ -149,9 +151,9 @@ def cached_njit(**options):
 
     def decorate(fn):
         dispatcher = njit(**options)(fn)
-        if hasattr(dispatcher, "_cache"):  # numba's dispatchers since 0.1x: NullCache or one
-            dispatcher._cache = Cache(dispatcher.py_func)
-        return dispatcher  # NUMBA_DISABLE_JIT: the plain function
+        if hasattr(dispatcher, "_cache"):  # not NUMBA_DISABLE_JIT's plain function
+            dispatcher._cache = Cache(dispatcher.py_func)  # numba's enable_caching, ours
+        return dispatcher
 
     return decorate
 

@@ -48,7 +48,7 @@ def prepare_cpu_target() -> None:
     The first compilation or cache load of a process loads numba's CPU target, whose
     ``numba.np.arraymath`` checks that a BLAS is available by importing
     ``scipy.linalg.cython_blas`` when SciPy is installed. That import runs the
-    ``scipy.linalg`` package (about 0.2 s here: most of a cached first step), and
+    ``scipy.linalg`` package (most of a cached first step), and
     fastmoments never calls BLAS. So, the first time a loop is built, if SciPy is
     installed and neither ``scipy.linalg`` nor ``numba.np.arraymath`` is imported yet,
     the ``cython_blas`` extension module alone is loaded (a few ms) and registered for
@@ -176,7 +176,7 @@ class WhenReady(dict):
     their types (the output or workspace array of a pass, or the loop itself). Once
     the loop ran for a key, ``ready.get(id(key)) is key`` and the caller calls the loop
     directly, without :func:`loop_ready`'s type lookup (the check is written at the
-    call site: a method call would cost a step about 0.3 us); until then it calls
+    call site: a method call costs more than the check); until then it calls
     :meth:`call`, where NumPy stands in while the loop compiles. The keys are held (an
     identity is not reused while it is remembered).
     """

@@ -30,7 +30,7 @@ def fmt_size(n: int) -> str:
 
 
 def fmt_time(s: float | None) -> str:
-    """Seconds in µs, ms or s, with three or four significant digits."""
+    """Seconds as µs, ms or s, for the tables."""
     if s is None:
         return "-"
     if s < 1e-3:
