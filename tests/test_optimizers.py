@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
-from cases import CASES, TORCH_HAS, case_id, problem
+from cases import CASES, TORCH_HAS, case_id, float32_tol, problem
+from test_extra import EXTRA_CASES
 
 import fastmoments as fm
 
@@ -35,26 +36,24 @@ def test_matches_reference(case, dtype):
     ref = [p.copy() for p in params]
     run_fm(name, kwargs, mine, grad)
     run_reference(name, kwargs, ref, grad)
-    rtol, atol = (1e-9, 1e-12) if dtype == np.float64 else (2e-4, 2e-5)
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else float32_tol(name)
     for a, b in zip(mine, ref):
         assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(a, b, **tol)
     # the run moved the parameters (a rule that did nothing would pass the comparison
     # only if the reference did nothing too)
     assert any(not np.array_equal(a, p) for a, p in zip(mine, params) if a.size)
 
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in TORCH_HAS], ids=case_id)
-def test_matches_torch(case, torch64):
-    torch = torch64
-    name, kwargs = case
-    params, grad = problem()
+def assert_matches_torch(torch, name, kwargs, params, grad, steps=STEPS):
+    """fastmoments and torch.optim (float64) from ``params``: the same parameters and
+    the same state after ``steps`` steps."""
     mine = [p.copy() for p in params]
     opt = getattr(fm, name)(mine, **kwargs)
     tensors = [torch.tensor(p.copy(), requires_grad=True) for p in params]
     topt = getattr(torch.optim, name)(tensors, foreach=False, **kwargs)
-    for t in range(STEPS):
+    for t in range(steps):
         opt.step(grad(mine, t))
         current = [x.detach().numpy() for x in tensors]
         for x, g in zip(tensors, grad(current, t)):
@@ -62,12 +61,91 @@ def test_matches_torch(case, torch64):
         topt.step()
     for a, x in zip(mine, tensors):
         np.testing.assert_allclose(a, x.detach().numpy(), rtol=1e-9, atol=1e-12)
-    # the state agrees too (same names as torch)
+    assert_same_state_as_torch(opt, topt, tensors)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in TORCH_HAS], ids=case_id)
+def test_matches_torch(case, torch64):
+    name, kwargs = case
+    params, grad = problem()
+    assert_matches_torch(torch64, name, kwargs, params, grad)
+
+
+#: torch's per-parameter state keys that fastmoments keeps elsewhere, and where: every
+#: other key of torch's state is a buffer of the same name in ``opt.state[j]``
+TORCH_KEYS_ELSEWHERE = {
+    # torch counts the steps per parameter; fastmoments once per optimizer (every
+    # parameter got a gradient at every step here, so they agree)
+    "step": lambda opt: opt.step_count,
+    # NAdam's running product of the momentum schedule: one scalar of the group's host state
+    "mu_product": lambda opt: opt.state_dict()["host_state"][0]["mu_product"],
+}
+
+
+def assert_same_state_as_torch(opt, topt, tensors):
+    """Every key of torch's state for every parameter agrees with fastmoments' value
+    (through TORCH_KEYS_ELSEWHERE where the names differ), and fastmoments keeps no
+    buffer torch does not."""
     for j, x in enumerate(tensors):
-        for key, value in topt.state[x].items():
-            if key in opt.state[j]:
-                np.testing.assert_allclose(opt.state[j][key], value.numpy(), rtol=1e-9,
-                                           atol=1e-12)
+        theirs = topt.state[x]
+        mine = opt.state[j]
+        buffers = set(theirs) - set(TORCH_KEYS_ELSEWHERE)
+        assert set(mine) == buffers, (j, sorted(mine), sorted(theirs))
+        for key, value in theirs.items():
+            ours = TORCH_KEYS_ELSEWHERE[key](opt) if key in TORCH_KEYS_ELSEWHERE else mine[key]
+            np.testing.assert_allclose(ours, value.numpy(), rtol=1e-9, atol=1e-12,
+                                       err_msg=f"state[{j}][{key!r}]")
+
+
+def zero_at_step_one(grad, whole: bool):
+    """``grad`` with step 1's gradients exactly zero: every element (``whole``), else the
+    first tensor and the first column of the others; later steps unchanged."""
+
+    def zeroed(current, t):
+        out = grad(current, t)
+        if t == 0:
+            for i, g in enumerate(out):
+                if whole or i == 0:
+                    g[...] = 0
+                else:
+                    g[..., :1] = 0
+        return out
+
+    return zeroed
+
+
+@pytest.mark.parametrize("case", CASES + EXTRA_CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_zero_gradient_at_step_one(case, dtype):
+    """Every rule (both tables) given a zero gradient on its first step, before any
+    moment holds anything (Adamax's u, Adam's v, LAMB's and NDAdam's norms are 0 there):
+    the reference's trajectory, finite all along."""
+    name, kwargs = case
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else float32_tol(name)
+    for whole in (True, False):
+        params, grad = problem(dtype=dtype, steps=10)
+        grad = zero_at_step_one(grad, whole)
+        mine = [p.copy() for p in params]
+        ref = [p.copy() for p in params]
+        opt = getattr(fm, name)(mine, **kwargs)
+        ref_opt = reference.REFERENCES[name](ref, **kwargs)
+        for t in range(10):
+            opt.step(grad(mine, t))
+            ref_opt.step(grad(ref, t))
+            if t in (0, 9):
+                for a, b in zip(mine, ref):
+                    np.testing.assert_allclose(a, b, **tol, err_msg=f"step {t + 1}")
+                for buffers in opt.state_dict()["state"]:
+                    assert all(np.isfinite(v).all() for v in buffers.values()), (t, buffers)
+        assert all(np.isfinite(a).all() for a in mine)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in TORCH_HAS], ids=case_id)
+@pytest.mark.parametrize("whole", [True, False], ids=["all-zero", "some-zero"])
+def test_zero_gradient_at_step_one_matches_torch(case, whole, torch64):
+    name, kwargs = case
+    params, grad = problem(steps=10)
+    assert_matches_torch(torch64, name, kwargs, params, zero_at_step_one(grad, whole), steps=10)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
