@@ -39,7 +39,8 @@ from .optim._state import STATE_DICT_VERSION, copy_into, plan_load, to_host
 if TYPE_CHECKING:  # pragma: no cover
     from .optim.base import Optimizer
 
-__all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION", "to_arrays",
+           "write_atomic", "read"]
 
 FORMAT = "fastmoments-checkpoint"
 FORMAT_VERSION = 1
@@ -79,8 +80,12 @@ def save(optimizer: Optimizer, path: str | os.PathLike[str], *, params: bool = T
     file's data is on disk. A new file gets mode 0o644; an existing one keeps its
     mode.
     """
+    write_atomic(path, _collect(optimizer, params))
+
+
+def write_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` file at ``path`` atomically (see :func:`save`)."""
     path = os.fspath(path)
-    arrays = _collect(optimizer, params)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o777
@@ -103,35 +108,47 @@ def save(optimizer: Optimizer, path: str | os.PathLike[str], *, params: bool = T
 
 
 def _collect(optimizer: Optimizer, params: bool) -> dict[str, np.ndarray]:
-    sd = optimizer.state_dict()
     all_params = [p for group in optimizer._groups for p in group.params]
+    return to_arrays(optimizer.state_dict(), optimizer.skipped_steps,
+                     all_params if params else None, type(optimizer).__name__)
+
+
+def to_arrays(sd: dict[str, Any], skipped_steps: int, all_params: list[Any] | None,
+              owner: str) -> dict[str, np.ndarray]:
+    """The entries of a checkpoint file: a state dict, the number of skipped steps and
+    the parameters (``None``: not saved), for :func:`write_atomic`."""
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "optimizer": sd["optimizer"],
         "state_dict_version": sd["format_version"],
         "step_count": sd["step_count"],
-        "skipped_steps": int(optimizer.skipped_steps),
+        "skipped_steps": int(skipped_steps),
         "param_groups": sd["param_groups"],
         "host_state": sd["host_state"],
         "state_names": [list(buffers) for buffers in sd["state"]],
-        "num_params": len(all_params) if params else 0,
+        "num_params": len(all_params) if all_params is not None else 0,
     }
     try:
         text = json.dumps(meta, allow_nan=True)
     except TypeError as exc:
         raise TypeError(
-            f"{type(optimizer).__name__}.save: a hyperparameter cannot be stored in a "
+            f"{owner}.save: a hyperparameter cannot be stored in a "
             f"checkpoint ({exc}); only numbers, booleans, strings and tuples of them can"
         ) from None
     arrays: dict[str, np.ndarray] = {_META: np.array(text)}
     for k, buffers in enumerate(sd["state"]):
         for name, buf in buffers.items():
             arrays[f"state.{k}.{name}"] = buf
-    if params:
-        for i, p in enumerate(all_params):
-            arrays[f"param.{i}"] = p if isinstance(p, np.ndarray) else to_host(p)
+    for i, p in enumerate(all_params or ()):
+        arrays[f"param.{i}"] = _storable(p if isinstance(p, np.ndarray) else to_host(p))
     return arrays
+
+
+def _storable(a: np.ndarray) -> np.ndarray:
+    """``a`` as ``np.save`` can store it without a pickle: an ``ml_dtypes.bfloat16``
+    array (which NumPy would write as opaque bytes) as its ``uint16`` patterns."""
+    return a.view(np.uint16) if a.dtype.kind == "V" and a.dtype.itemsize == 2 else a
 
 
 def _fsync_directory(directory: str) -> None:
@@ -173,12 +190,41 @@ def load(optimizer: Optimizer, path: str | os.PathLike[str], *, params: bool = T
     FileNotFoundError
         When ``path`` does not exist.
     """
-    path = os.fspath(path)
     owner = type(optimizer).__name__
-    where = f"{owner}.load({path!r})"
+    where = f"{owner}.load({os.fspath(path)!r})"
     all_params = [p for group in optimizer._groups for p in group.params]
+    # (reduced-precision groups: state stored in fewer or more bytes than the params,
+    # converted on load; the size bound of each entry is float64's)
+    sd, skipped_steps, entries = read(path, owner,
+                                      [(g.numel, g.dtype if g.precision is None else np.float64)
+                                       for g in optimizer._groups],
+                                      all_params, params)
     try:
-        meta, entries = _read(path, optimizer, all_params, params, where)
+        plan_load(optimizer, sd)  # validation only: raises before anything changes
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    # Everything is valid: apply. Nothing below can fail on a validated input.
+    optimizer.load_state_dict(sd)
+    optimizer.skipped_steps = skipped_steps
+    for i, p in enumerate(all_params if entries else ()):
+        copy_into(p, entries[f"param.{i}"])
+
+
+def read(path: str | os.PathLike[str], owner: str, groups: list[tuple[int, np.dtype]],
+         all_params: list[Any], params: bool = True
+         ) -> tuple[dict[str, Any], int, dict[str, np.ndarray]]:
+    """Read and check a checkpoint for an optimizer of class ``owner`` whose param groups
+    have ``groups`` = ``(numel, dtype)`` and whose parameters are ``all_params``.
+
+    Returns the state dict (not yet checked against an optimizer: see
+    :func:`~fastmoments.optim._state.plan_load`), the number of skipped steps, and the
+    ``param.<i>`` entries when ``params`` and the file holds them (else ``{}``).
+    Raises as :func:`load`.
+    """
+    path = os.fspath(path)
+    where = f"{owner}.load({path!r})"
+    try:
+        meta, entries = _read(path, owner, groups, all_params, params, where)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except CheckpointError:
@@ -198,23 +244,15 @@ def load(optimizer: Optimizer, path: str | os.PathLike[str], *, params: bool = T
         ],
         "host_state": meta["host_state"],
     }
-    try:
-        plan_load(optimizer, sd)  # validation only: raises before anything changes
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
     restore = params and meta["num_params"] > 0
-    # Everything is valid: apply. Nothing below can fail on a validated input.
-    optimizer.load_state_dict(sd)
-    optimizer.skipped_steps = meta["skipped_steps"]
-    if restore:
-        for i, p in enumerate(all_params):
-            copy_into(p, entries[f"param.{i}"])
+    return sd, meta["skipped_steps"], {
+        name: a for name, a in entries.items() if restore and name.startswith("param.")}
 
 
 def _read(
-    path: str, optimizer: Optimizer, all_params: list[Any], params: bool, where: str
+    path: str, owner: str, groups: list[tuple[int, np.dtype]], all_params: list[Any],
+    params: bool, where: str
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    owner = type(optimizer).__name__
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic != b"PK\x03\x04":
@@ -237,15 +275,15 @@ def _read(
         meta = json.loads(str(raw))
         _check_meta(meta, owner, where)
         expected: dict[str, int] = {}  # entry -> its size in bytes for this optimizer
-        if len(meta["state_names"]) != len(optimizer._groups):
+        if len(meta["state_names"]) != len(groups):
             raise CheckpointError(
                 f"{where}: the checkpoint has {len(meta['state_names'])} param groups, the "
-                f"optimizer has {len(optimizer._groups)}"
+                f"optimizer has {len(groups)}"
             )
-        pairs = zip(optimizer._groups, meta["state_names"], strict=True)
-        for k, (group, state_names) in enumerate(pairs):
+        pairs = zip(groups, meta["state_names"], strict=True)
+        for k, ((numel, dtype), state_names) in enumerate(pairs):
             for name in state_names:
-                expected[f"state.{k}.{name}"] = group.numel * group.dtype.itemsize
+                expected[f"state.{k}.{name}"] = numel * np.dtype(dtype).itemsize
         if meta["num_params"] not in (0, len(all_params)):
             raise CheckpointError(
                 f"{where}: the checkpoint holds {meta['num_params']} parameters, the "
@@ -268,6 +306,8 @@ def _read(
             entries[name] = npz[name]  # reads the whole entry: zipfile checks its CRC-32
     for i in range(meta["num_params"] if params else 0):
         p, a = all_params[i], entries[f"param.{i}"]
+        if a.dtype == np.uint16 and _storable(np.empty(0, p.dtype)).dtype == np.uint16:
+            a = entries[f"param.{i}"] = a.view(p.dtype)  # bfloat16 saved as its patterns
         if tuple(a.shape) != tuple(p.shape) or a.dtype != np.dtype(p.dtype):
             raise CheckpointError(
                 f"{where}: param.{i} has shape {tuple(a.shape)} and dtype {a.dtype}, the "

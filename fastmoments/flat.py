@@ -14,6 +14,13 @@ __all__ = ["FlatParams"]
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _half_dtypes() -> tuple[np.dtype, ...]:
+    # float16 and ml_dtypes.bfloat16 (when installed): host buffers only
+    from .kernels.precision import bfloat16_dtype
+
+    return tuple(d for d in (np.dtype(np.float16), bfloat16_dtype()) if d is not None)
+
+
 class FlatParams:
     """Parameters packed into one flat buffer, so that an optimizer step is one kernel call.
 
@@ -28,7 +35,9 @@ class FlatParams:
         The parameter arrays (NumPy, or CUDA arrays exposing
         ``__cuda_array_interface__``; all on the same side).
     dtype
-        The buffer dtype (float32 or float64). Default: the arrays' common dtype.
+        The buffer dtype (float32 or float64; on the host also float16 and
+        ``ml_dtypes.bfloat16``, see the optimizers' ``master_weights``). Default: the
+        arrays' common dtype.
 
     Examples
     --------
@@ -63,8 +72,9 @@ class FlatParams:
                 )
             dtype = dtypes.pop()
         dtype = np.dtype(dtype)
-        if dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        if dtype not in _FLOAT_DTYPES and (self.device == "cuda" or dtype not in _half_dtypes()):
+            raise TypeError(f"dtype: expected float32 or float64 (or, on the host, float16 or "
+                            f"bfloat16), got {dtype}")
         self.shapes: list[tuple[int, ...]] = [tuple(a.shape) for a in arrays]
         sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.zeros(len(arrays) + 1, dtype=np.int64)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .optim._checks import lr_at
+from .optim._precision import MASTER, decode_state, stored_layout
 from .optim._state import STATE_DICT_VERSION, to_host
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,12 +62,26 @@ def _check_expressible(name: str, hyper: dict[str, Any], k: int) -> None:
         if hyper.get("amsgrad") and not hyper.get("amsgrad_bias_correction", True):
             raise ValueError(f"param_groups[{k}]: amsgrad_bias_correction=False has no "
                              "torch.optim equivalent")
+        if hyper.get("cautious"):
+            raise ValueError(f"param_groups[{k}]: cautious=True has no torch.optim "
+                             "equivalent")
 
 
 def _scalar_dtype(torch: Any) -> Any:
     # torch.optim keeps "step" (and NAdam's mu_product) in float64 when the default dtype
     # is float64, in float32 otherwise
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _values(group: Any, name: str) -> np.ndarray:
+    """State ``name`` of ``group`` as values: a host copy, bfloat16 patterns widened to
+    float32 (exact), int8 states dequantized."""
+    precision = group.precision
+    if precision is None or precision.state_dtype not in ("bfloat16", "int8"):
+        return to_host(group.state[name])
+    parts = {n: to_host(group.state[n])
+             for n in stored_layout(group, name, precision.state_dtype)}
+    return decode_state(group, name, parts, precision.state_dtype)
 
 
 def to_torch_state_dict(optimizer: Optimizer) -> dict[str, Any]:
@@ -86,7 +101,11 @@ def to_torch_state_dict(optimizer: Optimizer) -> dict[str, Any]:
         the parameters' shapes and dtypes, and a ``"step"`` tensor of torch's scalar
         dtype (float64 when ``torch.get_default_dtype()`` is float64, else float32).
         A schedule ``lr`` is exported as its current value. Load it with
-        ``torch.optim.<Class>(params).load_state_dict(...)``.
+        ``torch.optim.<Class>(params).load_state_dict(...)``. Reduced-precision state
+        (``state_dtype="bfloat16"``) is exported as float32 tensors (exact), without the
+        ``master_param`` copy of 16-bit parameters; :func:`from_torch_state_dict` rounds
+        the values back to the optimizer's state dtype (to nearest) and takes the
+        master copy from the parameters.
 
     Raises
     ------
@@ -122,7 +141,9 @@ def to_torch_state_dict(optimizer: Optimizer) -> dict[str, Any]:
         if step == 0 and name != "Adagrad":
             index += len(group.params)
             continue
-        views = {buf: to_host(group.state[buf]) for buf in group.state}
+        # reduced-precision state as float32 values (bfloat16 widens exactly); the master
+        # copy of 16-bit parameters has no torch counterpart
+        views = {buf: _values(group, buf) for buf in group.kernel.state_names}
         for j, p in enumerate(group.params):
             start, stop = int(group.offsets[j]), int(group.offsets[j + 1])
             entry: dict[str, Any] = {}
@@ -265,7 +286,9 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict[str, Any], *,
             raise type(exc)(f"{owner}: param_groups[{k}]: {exc}") from None
         names = optimizer._select(merged).state_names
         init = optimizer._initial(merged)
-        buffers = {n: np.full(group.numel, init.get(n, 0.0), dtype=group.dtype) for n in names}
+        # a reduced-precision group takes the values in float64, converted on load
+        dtype = group.dtype if group.precision is None else np.dtype(np.float64)
+        buffers = {n: np.full(group.numel, init.get(n, 0.0), dtype=dtype) for n in names}
         mu_products = set()
         for j, (p, entry) in enumerate(zip(group.params, group_entries, strict=True)):
             where = f"{owner}: state of params[{index + j}]"
@@ -293,7 +316,7 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict[str, Any], *,
                     raise ValueError(f"{where}: {n!r} has shape {tuple(t.shape)}, the parameter "
                                      f"has shape {tuple(p.shape)}")
                 values = t.detach().to("cpu", torch.float64).numpy().reshape(-1)
-                buffers[n][start:stop] = values.astype(group.dtype, copy=False)
+                buffers[n][start:stop] = values.astype(dtype, copy=False)
             if name == "NAdam":
                 if entry.get("mu_product") is None:
                     raise ValueError(f"{where}: missing 'mu_product'")
@@ -309,6 +332,11 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict[str, Any], *,
             hyper["lr_schedule"] = repr(hyper["lr"])
             hyper["lr"] = 0.0  # ignored: the schedule is kept
         hyper.update(num_params=len(group.params), numel=group.numel, dtype=str(group.dtype))
+        if group.precision is not None:
+            hyper["state_dtype"] = "float64"
+            if group.precision.master:  # the master copy: the parameters as they are
+                buffers[MASTER] = np.concatenate(
+                    [np.asarray(p, dtype=np.float32).reshape(-1) for p in group.params])
         param_groups.append(hyper)
         state_arrays.append(buffers)
         host_states.append(host)

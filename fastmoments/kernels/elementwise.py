@@ -21,17 +21,38 @@ at the value that makes their term vanish, as compile-time constants, so that LL
 drops those operations. The class layer calls it when a step's scalars have exactly
 those values (the common case), which gives the same results bit for bit: ``x * 1``,
 ``x > inf``, ``x + -0.0`` and a ``weight_decay`` branch fold exactly.
+
+A kernel built with a *layout* (:meth:`Kernel.reduced`; see
+:class:`~.precision.Precision`) stores some buffers in fewer bits than its arithmetic:
+its loops call, instead of the rule, a generated *element* function that widens each
+value it loads (bfloat16 and float16 patterns to float32, float32 to float64), calls
+the same rule, and narrows each result it stores (to nearest, or stochastically with
+bits from :func:`~.precision.element_bits` of the step's key and the element's index
+in the group); with a float32 master copy of 16-bit parameters it reads the master and
+writes both. Those loops take two more arguments: ``rounding`` (a ``uint64`` array
+holding the step's key, written by the host each step) on the CPU, and ``key`` and
+``offset`` (the index of the first element) on the GPU.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import inspect
 import math
 from functools import cached_property
 
 import numpy as np
 
-from .compile import build_generated, cpu_loop, source_hash
+from . import precision, quantized
+from .compile import (
+    argument_marks,
+    build_generated,
+    check_argument_names,
+    cpu_loop,
+    rule,
+    source_hash,
+)
 
 __all__ = ["Kernel", "NEUTRAL", "named_scalars"]
 
@@ -49,7 +70,8 @@ _CONSTANTS = {name: np.float32(value) for name, value in NEUTRAL.items()}
 _CONSTANTS["eps_root"] = np.float32(-0.0)
 
 
-_SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules.py")
+_SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules.py", "precision.py",
+                           "quantized.py")
 
 
 _FLAT_TEMPLATE = """
@@ -84,6 +106,83 @@ def {name}(param, grad{states}{scalars}):
         param[i]{states_i}, = rule(param[i], grad[i]{states_i}{scalars})
 """
 
+# The loops of a kernel with a layout (see the module docstring): ``rule`` is the
+# generated element function, which also takes the step's key and the element's index.
+_REDUCED_FLAT_TEMPLATE = """
+def {name}(param, grad{states}{extra}, rounding, scalars):
+    {unpack}
+    key = rounding[0]
+    for i in {range}(param.shape[0]):
+        param[i]{states_i}{extra_i}, = rule(param[i], grad[i]{states_i}{extra_i}, key, i{scalars})
+"""
+
+_REDUCED_MULTI_TEMPLATE = """
+def {name}(table{states}{extra}, rounding, scalars):
+    {unpack}
+    key = rounding[0]
+    for j in {range}(table.shape[1] - 1):
+        start = table[2, j]
+        n = table[2, j + 1] - start
+        param = carray(void_pointer(table[0, j]), n, {param_dtype})
+        grad = carray(void_pointer(table[1, j]), n, {param_dtype})
+        {slices}
+        for i in range(n):
+            param[i]{states_k}{extra_k}, = rule(param[i], grad[i]{states_k}{extra_k}, key,
+                                                start + i{scalars})
+"""
+
+_REDUCED_CUDA_TEMPLATE = """
+def {name}(param, grad{states}{extra}, key, offset{scalars}):
+    {fixed}
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, param.shape[0], stride):
+        param[i]{states_i}{extra_i}, = rule(param[i], grad[i]{states_i}{extra_i}, key,
+                                             offset + i{scalars})
+"""
+
+# how the element function widens a stored value (``{}``) and narrows a result;
+# ``{bits}`` is the element's random bits for that buffer
+_LOAD = {"same": "{}", "f32": "{}", "bf16": "bf16_to_f32({})", "f16": "f16_to_f32({})"}
+_STORE = {
+    "same": "{}",
+    "f32": "np.float32({})",
+    "bf16": "f32_to_bf16_nearest({})",
+    "bf16_sr": "f32_to_bf16_stochastic({}, {bits})",
+    "f16": "f32_to_f16_nearest({})",
+    "f16_sr": "f32_to_f16_stochastic({}, {bits})",
+}
+
+
+def _element_source(name: str, n_states: int, scalar_names: tuple[str, ...],
+                    layout: tuple) -> str:
+    """The element function of a layout ``(param, grad, states, master)`` (see
+    :meth:`~.precision.Precision.layout`): widen, call the rule, narrow."""
+    param, grad, states, master = layout
+    ins = [f"s{k}" for k in range(n_states)]
+    args = ", ".join(("param", "grad", *ins, *(("master",) if master else ()), "key", "index",
+                      *scalar_names))
+    lines = [f"def {name}({args}):"]
+    load = "master" if master else _LOAD[param.replace("_sr", "")].format("param")
+    lines.append(f"    p_ = {load}")
+    lines.append(f"    g_ = {_LOAD[grad].format('grad')}")
+    for k, codec in enumerate(states):
+        lines.append(f"    v{k} = {_LOAD[codec.replace('_sr', '')].format(ins[k])}")
+    outs = ", ".join(("p_", *(f"v{k}" for k in range(n_states))))
+    call = ", ".join(("p_", "g_", *(f"v{k}" for k in range(n_states)), *scalar_names))
+    lines.append(f"    {outs}, = rule({call})")
+    results = [_STORE[param].format("p_", bits="element_bits(key, index, 0)")]
+    results += [_STORE[codec].format(f"v{k}", bits=f"element_bits(key, index, {k + 1})")
+                for k, codec in enumerate(states)]
+    if master:
+        results.append("np.float32(p_)")
+    lines.append(f"    return {', '.join(results)},")
+    return "\n".join(lines) + "\n"
+
+
+#: the (rule, state names) whose argument names were checked (see Kernel._check_names)
+_CHECKED: set[tuple] = set()
+
 
 def named_scalars(rule_name: str, names: tuple[str, ...]):
     """A function that takes ``names`` as keyword arguments and returns their values as
@@ -112,9 +211,16 @@ class Kernel:
         The names of its state arguments (the flat buffers it reads and writes).
     fixed
         Scalars compiled in as their :data:`NEUTRAL` value (the plain variant).
+    layout
+        How the buffers are stored, ``(param, grad, states, master)`` (see
+        :meth:`~.precision.Precision.layout`); None: as the arithmetic (the default).
+
+    The rule's argument names must not be names the loops use themselves (``i``,
+    ``n``, ``table``, ``key``, ...): building a loop raises TypeError otherwise.
     """
 
-    def __init__(self, rule_fn, state_names: tuple[str, ...], fixed: tuple[str, ...] = ()):
+    def __init__(self, rule_fn, state_names: tuple[str, ...], fixed: tuple[str, ...] = (),
+                 layout: tuple | None = None):
         self.rule = rule_fn
         self.name = rule_fn.py_func.__name__
         args = list(inspect.signature(rule_fn.py_func).parameters)
@@ -130,6 +236,71 @@ class Kernel:
         self.fixed = tuple(fixed)
         self._tag = "_plain" if fixed else ""
         self.named = named_scalars(self.name, self.scalar_names[2:])
+        self.layout = layout
+        self._reduced: dict[tuple, Kernel] = {}
+        self._loop_rule = rule_fn
+        # int8 states (codecs "q8s"/"q8u", see .quantized): block loops, whether each
+        # state takes the signed map; None for element loops
+        self._signed: tuple[bool, ...] | None = None
+        if layout is not None:
+            digest = hashlib.sha256(repr(layout).encode()).hexdigest()[:8]
+            self._tag += f"_r{digest}"
+            if any(codec.startswith("q8") for codec in layout[2]):
+                self._signed = tuple(codec == "q8s" for codec in layout[2])
+            else:
+                self._loop_rule = self._element(digest)
+
+    def _check_names(self) -> None:
+        """Refuse a rule whose argument names the loops use for something else (a
+        scalar ``i`` would be the loop's index, silently): the loops of this kernel, of
+        its plain variant and of every layout :meth:`reduced` can make (16-bit states
+        with a float32 master, int8 states). Once per rule, before its first loop is
+        built (not at import: it costs a fraction of a millisecond per rule)."""
+        key = (self.rule, self.state_names)
+        if key in _CHECKED:
+            return
+        names = (*self.state_names, *self.scalar_names)
+        marks = dict(zip(names, argument_marks(len(names))))
+        probe = copy.copy(self)
+        probe.state_names = tuple(marks[s] for s in self.state_names)
+        probe.scalar_names = tuple(marks[s] for s in self.scalar_names)
+        probe.fixed = tuple(marks[s] for s in self.scalar_names if s in NEUTRAL)
+        probe.layout = None
+        sources = [probe._format(t, "probe", False)
+                   for t in (_FLAT_TEMPLATE, _MULTI_TEMPLATE, _CUDA_TEMPLATE)]
+        n = len(self.state_names)
+        probe.layout = ("same", "same", ("same",) * n, True)
+        sources += [probe._format(t, "probe", False) for t in
+                    (_REDUCED_FLAT_TEMPLATE, _REDUCED_MULTI_TEMPLATE, _REDUCED_CUDA_TEMPLATE)]
+        sources.append(_element_source("probe", n, probe.scalar_names, probe.layout))
+        sources += [quantized.loop_source("probe", flat, False, probe.state_names, (True,) * n,
+                                          probe.scalar_names, probe._unpack())
+                    for flat in (True, False)]
+        check_argument_names(self.name, names, sources)
+        _CHECKED.add(key)
+
+    def _element(self, digest: str):
+        """The generated element function of this kernel's layout (see the module
+        docstring), an inlined ``@rule``."""
+        name = f"{self.name}_element_{digest}"
+        source = _element_source(name, len(self.state_names), self.scalar_names, self.layout)
+        namespace = {"rule": self.rule, "np": np, "bf16_to_f32": precision.bf16_to_f32,
+                     "f16_to_f32": precision.f16_to_f32,
+                     "f32_to_bf16_nearest": precision.f32_to_bf16_nearest,
+                     "f32_to_bf16_stochastic": precision.f32_to_bf16_stochastic,
+                     "f32_to_f16_nearest": precision.f32_to_f16_nearest,
+                     "f32_to_f16_stochastic": precision.f32_to_f16_stochastic,
+                     "element_bits": precision.element_bits}
+        exec(compile(source, f"<fastmoments element {name}>", "exec"), namespace)
+        return rule(namespace[name])
+
+    def reduced(self, layout: tuple) -> Kernel:
+        """This rule's kernel for buffers stored as ``layout`` (one per layout)."""
+        kernel = self._reduced.get(layout)
+        if kernel is None:
+            kernel = self._reduced[layout] = Kernel(self.rule, self.state_names, self.fixed,
+                                                    layout)
+        return kernel
 
     def _format(self, template: str, suffix: str, parallel: bool) -> str:
         # Every piece starts with ", " (or is empty), so rules without state need no
@@ -141,13 +312,11 @@ class Kernel:
         # buffer at ``start + i`` kept LLVM from vectorizing the loop (measured 4.6x)
         states_k = "".join(f", {s}_j[i]" for s in self.state_names)
         slices = "".join(f"{s}_j = {s}[start:start + n]; " for s in self.state_names)
-        # CPU loops take the scalars as one array of the buffer dtype (one argument to
-        # type-check per call instead of a dozen); they are unpacked before the loop.
-        unpack = "".join(
-            f"{s} = fixed_{s}; " if s in self.fixed else f"{s} = scalars[{k}]; "
-            for k, s in enumerate(self.scalar_names)
-        )
+        unpack = self._unpack()
         fixed = "".join(f"{s} = fixed_{s}; " for s in self.fixed)
+        master = self.layout is not None and self.layout[3]
+        if master:
+            slices += "master_j = master[start:start + n]; "
         return template.format(
             name=f"{self.name}_{suffix}{self._tag}_{_SOURCE_HASH}",
             states=states,
@@ -158,13 +327,38 @@ class Kernel:
             slices=slices or "pass",
             fixed=fixed or "pass",
             range="prange" if parallel else "range",
+            extra=", master" if master else "",
+            extra_i=", master[i]" if master else "",
+            extra_k=", master_j[i]" if master else "",
+            param_dtype=("scalars.dtype" if self.layout is None or self.layout[0] == "same"
+                         else "uint16"),
+        )
+
+    def _unpack(self) -> str:
+        # CPU loops take the scalars as one array of the buffer dtype (one argument to
+        # type-check per call instead of a dozen); they are unpacked before the loop.
+        return "".join(
+            f"{s} = fixed_{s}; " if s in self.fixed else f"{s} = scalars[{k}]; "
+            for k, s in enumerate(self.scalar_names)
         )
 
     def _build(self, template: str, suffix: str, parallel: bool, extra_globals: dict):
-        source = self._format(template, suffix, parallel)
+        self._check_names()
         name = f"{self.name}_{suffix}{self._tag}_{_SOURCE_HASH}"
+        if self._signed is not None:  # int8 states: loops over blocks
+            if suffix == "cuda":
+                raise NotImplementedError("int8 state has no CUDA kernel yet")
+            source = quantized.loop_source(name, not suffix.startswith("multi"), parallel,
+                                           self.state_names, self._signed, self.scalar_names,
+                                           self._unpack() or "pass")
+            extra_globals = {**extra_globals, "np": np,
+                             "nearest_code": quantized.nearest_code}
+        else:
+            source = self._format(template, suffix, parallel)
         constants = {f"fixed_{s}": _CONSTANTS[s] for s in self.fixed}
-        return build_generated(source, name, __file__, self.rule, {**constants, **extra_globals})
+        constants["uint16"] = np.uint16
+        return build_generated(source, name, __file__, self._loop_rule,
+                               {**constants, **extra_globals})
 
     def _cpu(self, template: str, suffix: str, parallel: bool):
         return cpu_loop(self._build(template, suffix, parallel, {}), parallel)
@@ -176,31 +370,42 @@ class Kernel:
         if self.fixed:
             return None
         fixed = tuple(s for s in self.scalar_names if s in NEUTRAL)
-        return Kernel(self.rule, self.state_names, fixed) if fixed else None
+        return Kernel(self.rule, self.state_names, fixed, self.layout) if fixed else None
+
+    @property
+    def _flat(self) -> str:
+        return _FLAT_TEMPLATE if self.layout is None else _REDUCED_FLAT_TEMPLATE
+
+    @property
+    def _multi(self) -> str:
+        return _MULTI_TEMPLATE if self.layout is None else _REDUCED_MULTI_TEMPLATE
 
     @cached_property
     def serial(self):
-        return self._cpu(_FLAT_TEMPLATE, "serial", False)
+        return self._cpu(self._flat, "serial", False)
 
     @cached_property
     def parallel(self):
-        return self._cpu(_FLAT_TEMPLATE, "parallel", True)
+        return self._cpu(self._flat, "parallel", True)
 
     @cached_property
     def multi_serial(self):
-        return self._cpu(_MULTI_TEMPLATE, "multi_serial", False)
+        return self._cpu(self._multi, "multi_serial", False)
 
     @cached_property
     def multi_parallel(self):
-        return self._cpu(_MULTI_TEMPLATE, "multi_parallel", True)
+        return self._cpu(self._multi, "multi_parallel", True)
 
     @cached_property
     def cuda(self):
         from numba import cuda
 
-        fn = self._build(_CUDA_TEMPLATE, "cuda", False, {"cuda": cuda})
+        template = _CUDA_TEMPLATE if self.layout is None else _REDUCED_CUDA_TEMPLATE
+        fn = self._build(template, "cuda", False, {"cuda": cuda})
         return cuda.jit(fn)
 
     def __repr__(self) -> str:
         fixed = f", fixed={self.fixed}" if self.fixed else ""
-        return f"Kernel({self.name}, states={self.state_names}, scalars={self.scalar_names}{fixed})"
+        layout = f", layout={self.layout}" if self.layout is not None else ""
+        return (f"Kernel({self.name}, states={self.state_names}, scalars={self.scalar_names}"
+                f"{fixed}{layout})")

@@ -52,7 +52,7 @@ def run(group: Group, source: Any, scalars: tuple) -> None:
     if source is None:
         arguments = (group.table, *group.states, args)
     else:
-        arguments = (group.flat.data, source, *group.states, args)
+        arguments = (group.data, source, *group.states, args)
     waiting = loop is not serial and not loop_ready(loop, arguments)
     if waiting:  # compiled in a background thread, started at the end of the step
         compile_in_background(loop, arguments)
@@ -126,7 +126,7 @@ def _callee(kernel: Kernel, group: Group, loop: Any, source: Any,
     """
     if loop is not kernel.serial and loop is not kernel.multi_serial:
         return loop, None  # parallel loops: the dispatch is noise beside the threads' start
-    if source is not None and (group.flat is None or source is not group.flat.grad):
+    if source is not None and (group.flat is None or source is not group.grad_data):
         return loop, None  # a flat gradient array given to step(): not ours
     try:
         overload = loop.overloads[tuple(loop.typeof_pyval(a) for a in arguments)]

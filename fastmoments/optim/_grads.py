@@ -156,6 +156,10 @@ def _sum_squares(groups: list[Group], sources: list[Any]) -> float:
                 g.reshape(g.size) for g in source
             ]
             total += _gpu.sum_squares(flats)
+        elif group.dtype.itemsize == 2:  # 16-bit gradients (rare path: NumPy, float64)
+            arrays = group.grad_objects if source is None else [source]
+            total += sum(float(np.square(np.asarray(g, dtype=np.float64)).sum())
+                         for g in arrays)
         elif source is None:
             total += host.sum_squares_multi(group.grad_addresses, group.offsets, group.like)
         else:

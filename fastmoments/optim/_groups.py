@@ -10,11 +10,14 @@ from .._arrays import as_cuda_array, device_address, is_array_like, is_cuda_arra
 from ..flat import FlatParams
 from ..kernels import host
 from ..kernels.elementwise import Kernel
+from ..kernels.precision import bfloat16_dtype
 
 __all__ = ["ParamGroup", "ParamList", "Group", "as_group_dicts", "check_no_aliasing", "full",
            "UNDECIDED"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: 16-bit parameter dtypes (host arrays; computed in float32, see optim._precision)
+HALF_DTYPES = tuple(d for d in (np.dtype(np.float16), bfloat16_dtype()) if d is not None)
 
 #: ``Group.plain`` before the first step after a (re)build decides it (see _dispatch.run)
 UNDECIDED = object()
@@ -61,6 +64,9 @@ class Group:
         "host_state", "param_addresses", "grad_addresses", "like", "kernel", "index_base",
         "scalars", "states", "pack", "scalar_bytes", "grad_objects", "calls", "plain",
         "values", "params_entry", "layouts", "last_call", "table",
+        # reduced precision (see optim._precision): None, the dtype of the arithmetic,
+        # the flat buffers as the loops take them, the step's key for the random bits
+        "precision", "compute_dtype", "data", "grad_data", "rounding",
     )
 
     def __init__(self, hyper: dict, index_base: int, owner: str) -> None:
@@ -139,6 +145,11 @@ class Group:
         self.plain: Any = UNDECIDED
         self.scalars = np.empty(0, dtype=self.dtype)
         self.values: dict[str, Any] = {}
+        self.precision: Any = None
+        self.compute_dtype = self.dtype
+        self.data = self.flat.data if self.flat is not None else None
+        self.grad_data = self.flat.grad if self.flat is not None else None
+        self.rounding: np.ndarray | None = None
 
     def forget_plans(self) -> None:
         """Drop what the last steps decided for this group (the cached loop calls and
@@ -172,8 +183,9 @@ def _check_param(p: Any, index: int, owner: str) -> Any:
                 f"is updated in place) for CPU tensors, or a CUDA tensor for the GPU path"
             )
         raise TypeError(f"{where}: expected a NumPy or CUDA array, got {type(p).__name__}")
-    if p.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{where}: expected a float32 or float64 array, got dtype {p.dtype}")
+    if p.dtype not in FLOAT_DTYPES and p.dtype not in HALF_DTYPES:
+        raise TypeError(f"{where}: expected a float32, float64, float16 or bfloat16 array, "
+                        f"got dtype {p.dtype}")
     if not p.flags.writeable:
         raise ValueError(f"{where}: expected a writeable array (it is updated in place)")
     if not p.flags.c_contiguous:

@@ -3,6 +3,19 @@
 A state dict holds NumPy arrays and Python scalars only. Loading builds a complete
 plan first (every key, shape, dtype and hyperparameter checked against the
 optimizer) and changes nothing when it refuses.
+
+Reduced-precision state (``state_dtype``, see :mod:`._precision`) is saved in its
+stored form, exactly: bfloat16 buffers as their ``uint16`` patterns, with
+``param_groups[k]["state_dtype"]`` naming it (the key is absent for the default,
+state in the parameters' dtype), and a float32 ``master_param`` buffer for 16-bit
+parameters kept with master weights; an int8 state as its codes (``uint8``), its
+block scales ``<name>__absmax`` and the float32 values of its small tensors
+``<name>__float32``. A state dict loads into an optimizer whose ``state_dtype``
+differs, converted: bfloat16 to float32/float64 exactly, int8 dequantized, float32 or
+float64 to bfloat16 rounded to nearest (ties to even), to int8 quantized (nearest map
+entry), float64 to float32 rounded to nearest. A ``master_param`` buffer is dropped
+when the optimizer keeps none, and refused when the optimizer keeps one and the state
+dict has none.
 """
 
 from __future__ import annotations
@@ -11,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..kernels import precision as _precision_codecs
+from . import _precision
 from ._checks import is_number, lr_at
 
 if TYPE_CHECKING:
@@ -40,6 +55,8 @@ def state_dict(opt: Optimizer) -> dict[str, Any]:
         hyper["num_params"] = len(group.params)
         hyper["numel"] = group.numel
         hyper["dtype"] = str(group.dtype)
+        if group.precision is not None:
+            hyper["state_dtype"] = group.precision.state_dtype
         groups.append(hyper)
     state = []
     for group in opt._groups:
@@ -68,6 +85,8 @@ def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
             copy_into(group.state[name], array)
         group.host_state = dict(host)
     opt.step_count = int(state_dict["step_count"])
+    for group in opt._groups:  # the random bits of stochastic rounding resume too
+        _precision.sync_counter(group, opt.step_count)
 
 
 def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
@@ -120,19 +139,7 @@ def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
         names = opt._select(merged).state_names
-        if set(arrays) != set(names):
-            raise ValueError(
-                f"state_dict: state[{k}] has buffers {sorted(arrays)}, expected {sorted(names)}"
-            )
-        for name in names:
-            a = arrays[name]
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"state_dict: state[{k}][{name!r}] is not a NumPy array")
-            if a.shape != (group.numel,) or a.dtype != group.dtype:
-                raise ValueError(
-                    f"state_dict: state[{k}][{name!r}] has shape {a.shape} and dtype "
-                    f"{a.dtype}, expected ({group.numel},) and {group.dtype}"
-                )
+        arrays = _converted(group, hyper, arrays, names, k)
         expected_host = set(opt._initial_host_state(merged))
         if set(host) != expected_host:
             raise ValueError(
@@ -146,6 +153,57 @@ def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
         plan.append((group, {k2: _restore(v) for k2, v in hyper.items()}, arrays,
                      {key: float(v) for key, v in host.items()}))
     return plan
+
+
+def _converted(group: Any, hyper: dict[str, Any], arrays: dict[str, Any],
+               names: tuple[str, ...], k: int) -> dict[str, Any]:
+    """The state arrays of group ``k`` of a state dict, checked (names, shapes, stored
+    dtypes) and converted to the group's stored form (see the module docstring)."""
+    precision = group.precision
+    master = precision is not None and precision.master
+    source = hyper.get("state_dtype")
+    if source is None:  # the default: the state in the parameters' dtype
+        source = hyper.get("dtype", str(group.dtype))
+        if source not in ("float32", "float64"):
+            source = "float32"  # 16-bit params keep float32 state by default
+    if source not in _precision_codecs.STATE_DTYPES:
+        raise ValueError(f"state_dict: param_groups[{k}]['state_dtype'] is {source!r}, "
+                         f"expected one of {_precision_codecs.STATE_DTYPES}")
+    target = precision.state_dtype if precision is not None else str(group.dtype)
+    if precision is None and "state_dtype" not in hyper:
+        source = target  # default storage on both sides: the dtypes must match, as ever
+    layouts = {name: _precision.stored_layout(group, name, source) for name in names}
+    expected = {n for layout in layouts.values() for n in layout}
+    given = set(arrays) - {_precision.MASTER}
+    if given != expected or (master and _precision.MASTER not in arrays):
+        wanted = sorted((*expected, _precision.MASTER) if master else expected)
+        raise ValueError(
+            f"state_dict: state[{k}] has buffers {sorted(arrays)}, expected {wanted}"
+        )
+    if _precision.MASTER in arrays:
+        layouts[_precision.MASTER] = {_precision.MASTER: ((group.numel,), np.dtype(np.float32))}
+    for layout in layouts.values():
+        for name, (shape, dtype) in layout.items():
+            a = arrays[name]
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"state_dict: state[{k}][{name!r}] is not a NumPy array")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(
+                    f"state_dict: state[{k}][{name!r}] has shape {a.shape} and dtype "
+                    f"{a.dtype}, expected {shape} and {dtype}"
+                    + (f" (state_dtype {source!r})" if source != str(group.dtype) else "")
+                )
+    out = {}
+    if master:
+        out[_precision.MASTER] = arrays[_precision.MASTER]
+    for name in names:
+        parts = {n: arrays[n] for n in layouts[name]}
+        if source == target:
+            out.update(parts)
+        else:  # bfloat16 -> float: exact; to bfloat16, int8 or float32: nearest
+            values = _precision.decode_state(group, name, parts, source)
+            out.update(_precision.encode_state(group, name, values, target))
+    return out
 
 
 def to_host(buf: Any) -> np.ndarray:

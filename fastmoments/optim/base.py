@@ -19,7 +19,8 @@ from ..config import config
 from ..kernels import host
 from ..kernels.compile import start_compiling
 from ..kernels.elementwise import Kernel
-from . import _state
+from ..kernels.precision import resolve as resolve_precision
+from . import _precision, _state
 from ._checks import (
     check_betas,
     check_flag,
@@ -75,6 +76,10 @@ class Optimizer:
         nonfinite: str = "apply",
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
+        state_dtype: str | None = None,
+        state_rounding: str | dict[str, str] = "auto",
+        master_weights: bool | None = None,
+        seed: int = 0,
     ) -> None:
         owner = type(self).__name__
         self.defaults = dict(defaults)
@@ -104,6 +109,7 @@ class Optimizer:
             self.param_groups.append(hyper)
         all_params = [p for g in self._groups for p in g.params]
         check_no_aliasing(all_params, owner)
+        self._precision_options(state_dtype, state_rounding, master_weights, seed)
         self._num_params = len(all_params)
         # every group a FlatParams: step() reads their (fixed) .grad buffers
         self._flat_grads = (
@@ -124,7 +130,8 @@ class Optimizer:
         # step()'s short path applies (see ShortPath): one group, on the CPU, and this
         # class's step is the element-wise one
         self._short_path_capable = (len(self._groups) == 1 and self._groups[0].device == "cpu"
-                             and type(self)._run is Optimizer._run)
+                                    and type(self)._run is Optimizer._run
+                                    and self._groups[0].precision is None)
         # the rule scalars the short path last packed into the group's scalars array
         # (None: pack them); a rule whose scalars stay the same step after step (SGD,
         # Adagrad, RMSprop, ... with a constant lr) then skips the packing
@@ -132,7 +139,6 @@ class Optimizer:
         self._short_path: ShortPath | None = None
         for group in self._groups:
             self._prepare(group, fresh=True)
-        self._devices = {g.device for g in self._groups}
 
     # ------------------------------------------------------------ subclass API
     #: hyperparameters checked as finite numbers >= 0, and as bools (see ``_check``)
@@ -203,18 +209,21 @@ class Optimizer:
         """(Re)build the kernel choice and state buffers for the group's hyperparameters."""
         kernel = self._select(group.hyper)
         init = self._initial(group.hyper)
-        old = group.state
-        state = {}
-        for name in kernel.state_names:
-            if not fresh and name in old:
-                state[name] = old[name]
-            else:
-                state[name] = full(group, init.get(name, 0.0))
-        group.state = state
-        group.states = tuple(state.values())
+        if group.precision is not None:  # buffers stored in fewer bits (see _precision)
+            kernel = _precision.prepare(group, kernel, init, fresh)
+        else:
+            old = group.state
+            state = {}
+            for name in kernel.state_names:
+                if not fresh and name in old:
+                    state[name] = old[name]
+                else:
+                    state[name] = full(group, init.get(name, 0.0))
+            group.state = state
+            group.states = tuple(state.values())
         group.kernel = kernel
         group.scalars, group.pack, group.scalar_bytes = host.scalar_packer(
-            len(kernel.scalar_names), group.dtype)
+            len(kernel.scalar_names), group.compute_dtype)
         # new state buffers, scalars array and hyperparameters: decide again
         self._forget_plans(group)
         # what step() passes to _scalars: a plain-dict copy of the hyperparameters (a
@@ -225,6 +234,30 @@ class Optimizer:
         if fresh:
             group.host_state = self._initial_host_state(group.hyper)
         group.hyper.dirty = False
+
+    def _precision_options(self, state_dtype: str | None, state_rounding: Any,
+                           master_weights: bool | None, seed: int) -> None:
+        """Validate ``state_dtype``, ``state_rounding``, ``master_weights`` and ``seed``
+        and give each group that stores its buffers in fewer bits its
+        :class:`~fastmoments.kernels.precision.Precision` (see :mod:`._precision`)."""
+        owner = type(self).__name__
+        self.state_dtype, self.state_rounding = state_dtype, state_rounding
+        self.master_weights, self.seed = master_weights, seed
+        reduced = False
+        for group in self._groups:
+            found = resolve_precision(group.dtype, state_dtype, state_rounding,
+                                      master_weights, seed, owner)
+            if found is not None:
+                if type(self)._run is not Optimizer._run:
+                    raise ValueError(
+                        f"{owner}: state_dtype={state_dtype!r} with {group.dtype} parameters "
+                        f"is not supported yet for {owner}, which runs passes of its own "
+                        "(reduced precision covers the single-pass rules); use "
+                        "state_dtype=None and float32/float64 parameters")
+                _precision.attach(group, found)
+                reduced = True
+        if reduced:  # the step writes the key of the random bits first (no short path)
+            self._run = _precision.run
 
     def _check_group(self, hyper: dict[str, Any], k: int) -> None:
         """``_check``, naming the param group in the message."""
