@@ -35,6 +35,7 @@ caller writes the next pass's segment values into :func:`workspace`'s ``values``
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import struct
@@ -50,8 +51,10 @@ from ..config import config
 from . import host
 from .compile import (
     WhenReady,
+    argument_marks,
     build_generated,
     cached_njit,
+    check_argument_names,
     compile_in_background,
     cpu_loop,
     loop_ready,
@@ -230,7 +233,7 @@ def _add_per_segment(segment_of_chunk, sums, out):
 
 def _add_per_segment_numpy(segment_of_chunk, sums, out):
     """:func:`_add_per_segment` in NumPy, its stand-in while it compiles in the background
-    (its compilation was 0.14 s of a cold first step of LAMB or SWATS over a 1e6-element
+    (its compilation would delay the cold first step of LAMB or SWATS over a long
     tensor): ``np.add.at`` adds the rows unbuffered, in index order, so each total is
     the same chain of additions from 0, the same bits (and, as in the loop, no warning
     when a total overflows or adds inf to -inf)."""
@@ -316,10 +319,8 @@ def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sum
 
 # The parallel loop: ``prange`` over groups of chunks (``Segments.group_bounds``), each
 # group run by the serial loop (a call, not inlined). numba's parfor passes then analyse
-# a loop of one call instead of the whole rule (they still cost 0.5-0.75 s per parallel
-# loop): a cold first step at 1e6 elements took 3.1 s (LAMB, two passes) and 1.9 s
-# (SWATS) this way, against 3.7 s and 2.1 s with the rule inside the prange, at the same
-# speed per step.
+# a loop of one call instead of the whole rule, which shortens the compilation of a cold
+# first step at the same speed per step.
 _CPU_PARALLEL_TEMPLATE = """
 def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
            scalars, bounds):
@@ -387,7 +388,7 @@ def _add_term(typingctx, total, term):
     """``total + term``, an addition LLVM may reorder (``fadd reassoc``): a loop
     summing terms with it vectorizes (see ``_CPU_BLOCKS``). An intrinsic, not a jitted
     function: it is emitted where it is called, with no compilation of its own (a
-    function with ``fastmath={"reassoc"}`` cost 0.03-0.05 s in a cold first step)."""
+    function with ``fastmath={"reassoc"}`` would add a compilation to a cold first step)."""
     if not isinstance(total, types.Float) or not isinstance(term, types.Float):
         return None
     result = typingctx.unify_types(total, term)
@@ -454,6 +455,9 @@ class SegmentedKernel:
     writes
         Which of ``"param"`` and the state names are stored back (the others are
         only read; a pass that only reduces stores nothing).
+
+    The rule's argument names must not be names the loops use themselves (``n``,
+    ``stride``, ``first``, ...): building a loop raises TypeError otherwise.
     """
 
     def __init__(self, rule_fn, state_names: tuple[str, ...], segment_names: tuple[str, ...],
@@ -479,6 +483,25 @@ class SegmentedKernel:
                       if self.scalar_names[:2] == ("grad_mult", "clip_value") else None)
         self.num_terms = int(num_terms)
         self.writes = tuple(writes)
+        self._names_checked = False
+
+    def _check_names(self) -> None:
+        """Refuse a rule whose argument names the loops use for something else (a
+        scalar ``n`` would be the loop's tensor size, silently); before the first loop
+        is built (not at import: it costs a fraction of a millisecond per rule)."""
+        if self._names_checked:
+            return
+        names = (*self.state_names, *self.segment_names, *self.scalar_names)
+        marks = dict(zip(names, argument_marks(len(names))))
+        probe = copy.copy(self)
+        probe.state_names = tuple(marks[s] for s in self.state_names)
+        probe.segment_names = tuple(marks[s] for s in self.segment_names)
+        probe.scalar_names = tuple(marks[s] for s in self.scalar_names)
+        probe.writes = tuple(marks.get(s, s) for s in self.writes)
+        sources = [probe.cpu_source(parallel, strided)[1]
+                   for parallel in (False, True) for strided in (False, True)]
+        check_argument_names(self.name, names, [*sources, probe.cuda_source()[1]])
+        self._names_checked = True
 
     def _pieces(self) -> dict[str, str]:
         states = "".join(f", {s}" for s in self.state_names)
@@ -511,6 +534,7 @@ class SegmentedKernel:
         )
 
     def _build(self, source: str, name: str, extra_globals: dict):
+        self._check_names()
         return build_generated(source, name, __file__, self.rule, extra_globals)
 
     def _contiguous(self, pieces: dict[str, str]) -> str:
@@ -585,10 +609,8 @@ class SegmentedKernel:
     def contiguous_parallel(self):
         return self._cpu(True, strided=False)
 
-    @cached_property
-    def cuda(self):
-        from numba import cuda, float64
-
+    def cuda_source(self) -> tuple[str, str]:
+        """The name and the generated source of the CUDA kernel (see ``cuda``)."""
         pieces = self._pieces()
         name = f"{self.name}_segmented_cuda_{_SOURCE_HASH}"
         terms = range(self.num_terms)
@@ -603,7 +625,13 @@ class SegmentedKernel:
             )
         else:
             shared, reduce = "pass", ""
-        source = _CUDA_TEMPLATE.format(name=name, shared=shared, reduce=reduce, **pieces)
+        return name, _CUDA_TEMPLATE.format(name=name, shared=shared, reduce=reduce, **pieces)
+
+    @cached_property
+    def cuda(self):
+        from numba import cuda, float64
+
+        name, source = self.cuda_source()
         fn = self._build(source, name, {"cuda": cuda, "float64": float64})
         return cuda.jit(fn)
 

@@ -30,7 +30,7 @@ from ._groups import Group, full
 from ._scalars import bias_corrections
 from .base import Optimizer
 
-__all__ = ["LAMB", "NDAdam", "SWATS", "init_second_moment"]
+__all__ = ["LAMB", "NDAdam", "SWATS", "init_second_moment", "build_sharded", "tensor_sizes"]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 _LAMB_MOMENTS = SegmentedKernel(_rules.lamb_moments, (*_MOMENTS, "update"), (), 2,
@@ -70,12 +70,16 @@ def _whole(opt: Any, group: Group) -> Segments:
 
 # ------------------------------------------------- the hook for sharded steps
 # fastmoments.distributed steps a multi-pass rule over one process's shard of each
-# group's flat buffer. It builds the optimizer with ``_MultiPass.sharded``, which sets
-# the two attributes below before ``__init__`` runs (ND-Adam's constructor already
-# runs passes): the segment tables then describe the shard's part of each tensor
-# under the tensor's global numbering, and every per-segment total a pass returns is
-# summed over the processes before it is used. Without them (``None``, the default)
-# nothing here changes.
+# group's flat buffer. It builds the optimizer with ``build_sharded``, which sets the
+# attributes ``segment_parts`` and ``reduce_totals`` before ``__init__`` runs (ND-Adam's
+# constructor already runs passes): the segment tables then describe the shard's part
+# of each tensor under the tensor's global numbering, and every per-segment total a
+# pass returns is summed over the processes before it is used. Without them (``None``,
+# the default) nothing here changes. A class whose ``_run`` runs segmented passes
+# declares ``shard_aware = True`` when its passes build their tables with ``_whole`` or
+# ``_table``, reduce their totals with ``_reduced``, and index per-segment values by
+# segment (whole tensors: ``segments.first_segment[segments.tensor_of[j]]`` for param
+# ``j``, and ``tensor_sizes`` for the tensors' sizes), never by param.
 def _table(opt: Any, group: Group, layouts: Callable[[list], list]) -> Segments:
     """A segment table of ``group``: ``layouts`` maps the shapes of the tensors to
     their layouts (see :class:`~fastmoments.kernels.segmented.Segments`)."""
@@ -84,6 +88,43 @@ def _table(opt: Any, group: Group, layouts: Callable[[list], list]) -> Segments:
         return Segments(group.offsets, layouts([tuple(p.shape) for p in group.params]))
     shapes, parts = shard[opt._groups.index(group)]
     return Segments(group.offsets, layouts(list(shapes)), parts)
+
+
+def tensor_sizes(opt: Any, group: Group) -> np.ndarray:
+    """The number of elements of each whole tensor of ``group`` (of the whole buffer's
+    tensors when the group is a shard), one per segment of ``_whole``'s table."""
+    shard = getattr(opt, "segment_parts", None)
+    shapes = ([tuple(p.shape) for p in group.params] if shard is None
+              else shard[opt._groups.index(group)][0])
+    return np.array([math.prod(s) for s in shapes], dtype=np.int64)
+
+
+def build_sharded(cls: type[Optimizer], params: Any, segment_parts: list,
+                  reduce_totals: Callable[[np.ndarray], None], /, **kwargs: Any) -> Any:
+    """Build an optimizer of class ``cls`` over one process's shard of larger tensors.
+
+    Parameters
+    ----------
+    cls
+        The optimizer class (its segmented passes, if any, must be shard-aware).
+    params
+        Param groups whose params are contiguous parts of tensors.
+    segment_parts
+        Per group: ``(shapes, parts)``: the shapes of every tensor of the group's whole
+        buffer, and a :class:`~fastmoments.kernels.segmented.Parts` saying which part
+        of which tensor each param is.
+    reduce_totals
+        Sums a pass's float64 per-segment totals over the processes, in place, with
+        the same bits on every process; called by every process at the same points
+        (ND-Adam's constructor calls it too).
+    **kwargs
+        The class's hyperparameters and options.
+    """
+    opt = cls.__new__(cls)
+    opt.segment_parts = segment_parts
+    opt.reduce_totals = reduce_totals
+    opt.__init__(params, **kwargs)
+    return opt
 
 
 def _reduced(opt: Any, totals: np.ndarray) -> np.ndarray:
@@ -127,32 +168,8 @@ class _MultiPass(Optimizer):
     #: ``reduce_totals(totals)`` sums a pass's float64 per-segment totals (shape
     #: ``(num_segments, terms)``) over the processes, in place, identically on each
     reduce_totals: Callable[[np.ndarray], None] | None = None
-
-    @classmethod
-    def sharded(cls, params: Any, segment_parts: list, reduce_totals: Callable, /,
-                **kwargs: Any) -> _MultiPass:
-        """Build the rule over one process's shard of larger tensors.
-
-        Parameters
-        ----------
-        params
-            Param groups whose params are contiguous parts of tensors.
-        segment_parts
-            Per group: ``(shapes, parts)``, the shapes of every tensor of the group's
-            whole buffer and a :class:`~fastmoments.kernels.segmented.Parts` saying
-            which part of which tensor each param is.
-        reduce_totals
-            Sums a pass's per-segment totals over the processes, in place; called by
-            every process at the same points, identically (ND-Adam's constructor
-            calls it too).
-        **kwargs
-            The class's hyperparameters and options.
-        """
-        opt = cls.__new__(cls)
-        opt.segment_parts = segment_parts
-        opt.reduce_totals = reduce_totals
-        opt.__init__(params, **kwargs)
-        return opt
+    #: the passes work on a shard (see ``build_sharded``)
+    shard_aware = True
 
     def _select(self, hyper: dict[str, Any]) -> _Layout:  # type: ignore[override]
         cls = type(self)
@@ -202,8 +219,7 @@ class LAMB(_MultiPass):
     the buffer: the moments, :math:`r_t` and the two squared norms per tensor, then
     the step. On the CPU :math:`r_t` waits between the two in a buffer of the
     parameters' size and dtype (scratch, not state: it is not saved; recomputing it
-    instead measured the same per step at 1e6 elements, 11% faster at 1e7 and 6% slower
-    at 5e7, and a third slower on one thread in cache); on a GPU the second pass
+    instead was not faster on the CPU); on a GPU the second pass
     recomputes it, bit for bit, and device memory holds the moments only.
     :attr:`trust_ratios` keeps the last step's ratios (one array per group, updated in
     place by each step).
@@ -307,8 +323,8 @@ def _lamb_trust_numpy(squares: np.ndarray, lr: float, trust: np.ndarray, steps: 
                       buffers: dict) -> None:
     """:func:`_lamb_trust` in NumPy ufuncs, into buffers kept in ``buffers``
     (:func:`_trust_scratch`): the stand-in while the jitted loop compiles in the
-    background (its compilation was 0.1 s of LAMB's cold first step; these calls cost
-    about 4 us a step more than the loop). The same operations (float64 square roots
+    background (its compilation would otherwise delay LAMB's cold first step; these
+    calls are slower than the loop per step). The same operations (float64 square roots
     and quotient, one rounding to the buffer dtype), so the same bits."""
     (norms, positive, both, trust, param_norm, direction_norm, param_positive,
      direction_positive, steps) = _kept(buffers, steps, lambda: _trust_scratch(trust, steps))
@@ -325,7 +341,7 @@ def _lamb_apply_numpy(steps: np.ndarray, group: Group, update: np.ndarray,
                       segments: Segments | None = None) -> None:
     r"""LAMB's second CPU pass (``_rules.lamb_apply``: :math:`\theta \leftarrow \theta -
     \gamma\,\mathrm{trust}\; r` per tensor) in NumPy: the stand-in while its loop
-    compiles in the background on a cold start (0.22-0.25 s of LAMB's first step). The
+    compiles in the background on a cold start (it would delay LAMB's first step). The
     same product and difference in the buffer dtype, so the same bits; it overwrites
     ``update`` (pass 1 writes it again next step). Silent on inf and NaN, as the loop.
     (Param ``j`` is segment ``j``; with a shard's ``segments``, its tensor's segment.)"""
@@ -698,7 +714,7 @@ def _add_column_sums(totals, out):
 
 def _add_column_sums_numpy(totals: np.ndarray, out: np.ndarray, buffers: dict) -> None:
     """:func:`_add_column_sums` in NumPy, the stand-in while it compiles in the
-    background (its compilation was 0.13-0.16 s of SWATS's cold first step): the rows
+    background (its compilation would delay SWATS's cold first step): the rows
     added in order (``np.add.accumulate`` is sequential), so the same bits, into a
     buffer kept in ``buffers`` (:func:`_kept`) per ``totals`` array. Silent on inf and
     NaN, as the loop."""
