@@ -12,7 +12,10 @@ large gradient ``C`` within a step or two, the two small steps towards ``+1`` ou
 the large one towards ``-1``, and Adam settles at the *worst* point ``x = +1``.
 AMSGrad (``Adam(amsgrad=True)``, which keeps the running maximum of the second
 moment) and Yogi (whose second moment changes additively, by at most
-``(1 - beta2) * g**2``) do not forget, and approach the optimum ``-1``.
+``(1 - beta2) * g**2``) do not forget, and approach the optimum ``-1``. ADOPT
+(Taniguchi et al., 2024) keeps Adam's ``beta2`` but divides each gradient by the second
+moment of the steps *before* it, so the rare large gradient is not normalized by itself:
+it approaches ``-1`` too.
 
 After every step the iterate is projected back onto ``[-1, 1]`` (``np.clip`` in
 place), as in the paper's constrained online setting.
@@ -22,7 +25,8 @@ Run::
     python examples/reddi_counterexample.py [--steps 20000] [--quick] [--C 3]
 
 Reference: S. J. Reddi, S. Kale, S. Kumar, "On the Convergence of Adam and Beyond",
-ICLR 2018.
+ICLR 2018; S. Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta2 with
+the Optimal Rate", NeurIPS 2024.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def run(make_optimizer, steps: int, C: float, x0: float = 0.0) -> tuple[float, f
 
 def main(steps: int = 20000, quick: bool = False, C: float = 3.0, alpha: float = 0.5,
          verbose: bool = True) -> dict[str, float]:
-    """Run Adam, AMSGrad and Yogi on the counterexample.
+    """Run Adam, AMSGrad, Yogi and ADOPT on the counterexample.
 
     Returns
     -------
@@ -75,6 +79,7 @@ def main(steps: int = 20000, quick: bool = False, C: float = 3.0, alpha: float =
         "Adam": lambda p: fm.Adam(p, lr=step_size, betas=betas),
         "AMSGrad": lambda p: fm.Adam(p, lr=step_size, betas=betas, amsgrad=True),
         "Yogi": lambda p: fm.Yogi(p, lr=step_size, betas=betas),
+        "ADOPT": lambda p: fm.ADOPT(p, lr=step_size, betas=betas),
     }
     finals = {}
     if verbose:

@@ -1,6 +1,6 @@
 """fastmoments: Adam and its family as fused, in-place Numba kernels (CPU and CUDA)."""
 
-from . import extra, param_groups, schedules
+from . import distributed, extra, param_groups, schedules
 from .checkpoint import CheckpointError
 from .config import config
 from .flat import FlatParams
@@ -20,6 +20,7 @@ from .optim.elementwise import (
     RMSprop,
     Yogi,
 )
+from .optim.modern import ADOPT, Adan, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD
 from .optim.multipass import LAMB, SWATS, NDAdam
 from .param_groups import decay_mask_groups
 
@@ -28,7 +29,8 @@ __version__ = "0.1.0"
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
     "Yogi", "AdaBelief", "Lion", "LAMB", "NDAdam", "SWATS",
+    "ADOPT", "AdEMAMix", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Adan",
     "FlatParams", "config", "wait_compiled", "schedules", "extra", "param_groups",
     "decay_mask_groups", "CheckpointError", "to_torch_state_dict", "from_torch_state_dict",
-    "__version__",
+    "distributed", "__version__",
 ]

@@ -25,11 +25,15 @@ VARIANTS: list[tuple[str, dict]] = [
     ("RMSprop", {"centered": True, "momentum": 0.9}),
     ("Adadelta", {}),
     ("Adam", {}), ("Adam", {"amsgrad": True}), ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
-    ("AdamW", {}), ("AdamW", {"amsgrad": True}),
+    ("Adam", {"cautious": True}), ("AdamW", {}), ("AdamW", {"amsgrad": True}),
+    ("AdamW", {"amsgrad": True, "cautious": True}),
     ("Adamax", {}), ("NAdam", {}), ("NAdam", {"decoupled_weight_decay": True}),
     ("RAdam", {}), ("RAdam", {"decoupled_weight_decay": True}),
     ("Yogi", {}), ("AdaBelief", {}), ("AdaBelief", {"amsgrad": True}),
-    ("Lion", {}), ("LAMB", {}), ("NDAdam", {}), ("SWATS", {}),
+    ("Lion", {}), ("Lion", {"cautious": True}), ("LAMB", {}), ("NDAdam", {}), ("SWATS", {}),
+    ("ADOPT", {}), ("ADOPT", {"cautious": True}), ("AdEMAMix", {}),
+    ("AdEMAMix", {"cautious": True}), ("ScheduleFreeAdamW", {}), ("ScheduleFreeSGD", {}),
+    ("Adan", {}), ("Adan", {"cautious": True}),
 ]
 
 
@@ -89,6 +93,58 @@ def test_the_short_path_is_built_with_its_declared_fields():
     assert short.group is opt._groups[0] and short.flat and short.named is short.group.kernel.named
     opt.max_grad_norm = 1.0  # an option change forgets every plan
     assert opt._short_path is None and opt._packed_scalars is None
+
+
+# ------------------------------------------------ rule names vs the templates
+def _package_kernels() -> list:
+    """Every Kernel and SegmentedKernel the optimizer modules build at import."""
+    from fastmoments.kernels.segmented import SegmentedKernel
+    from fastmoments.optim import _cautious, elementwise, modern, multipass
+
+    found = []
+    for module in (elementwise, modern, multipass):
+        for value in vars(module).values():
+            for item in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(item, _cautious.Cautious):
+                    found += [item.count, item.apply]
+                elif isinstance(item, (Kernel, SegmentedKernel)):
+                    found.append(item)
+    return found
+
+
+def test_no_rule_argument_is_named_like_a_template_name():
+    kernels = _package_kernels()
+    assert len(kernels) > 40
+    for kernel in kernels:
+        kernel._check_names()
+
+
+def _segmented_rule(param, grad, exp_avg, grad_mult, clip_value, lr, stride):
+    return param - lr * grad * stride, exp_avg, grad
+
+
+def _elementwise_rule(param, grad, m, grad_mult, clip_value, m_j, key):
+    return param - m_j * grad * key, m
+
+
+@pytest.mark.parametrize("which", ["segmented", "elementwise"])
+def test_a_rule_argument_named_like_a_template_name_is_refused(which):
+    """A scalar named ``stride`` would be the segmented loop's stride, ``m_j`` the list
+    path's slice of the state ``m``, ``key`` the reduced-precision loops' random key:
+    the kernel refuses to build such a rule (before compiling anything)."""
+    from fastmoments.kernels.compile import rule
+    from fastmoments.kernels.segmented import SegmentedKernel
+
+    if which == "segmented":
+        kernel = SegmentedKernel(rule(_segmented_rule), ("exp_avg",), (), 1, ())
+        match = r"'stride' \(a name of the generated loops\)"
+    else:
+        kernel = Kernel(rule(_elementwise_rule), ("m",))
+        match = r"'m_j' \(the loops' name made from 'm'\), 'key'"
+    with pytest.raises(TypeError, match=match):
+        _ = kernel.serial
+    with pytest.raises(TypeError, match="rename them"):
+        _ = kernel.cuda
 
 
 # ------------------------------------------------------------- import graph

@@ -61,7 +61,7 @@ def test_traffic_and_chunks():
     assert bench.rule_states("SGD") == 1  # benchmarked with momentum
 
 
-@pytest.mark.parametrize("n_states", [0, 1, 2, 3])
+@pytest.mark.parametrize("n_states", [0, 1, 2, 3, 4, 6])  # Adan has 4
 @pytest.mark.parametrize("n", [17, 70_000])  # serial and parallel (threshold 32768)
 def test_ceiling_kernel_reads_and_writes_every_buffer(n_states, n):
     case = bench.ceiling_case(n_states, n, np.float64)
@@ -165,6 +165,30 @@ def test_multipass_rules_declare_their_passes_and_get_matching_ceilings():
         swats.step()
     assert swats.current_passes() == swats.traffic_passes
     assert not swats.keep[0].switched
+
+
+@pytest.mark.parametrize("rule, kwargs, passes", [
+    ("Adan", {}, ((6, 5),)),  # four state buffers: the single-pass ceiling
+    ("AdamW", {"cautious": True}, ((2, 0), (4, 3))),  # count g, m; then AdamW's pass
+    ("Adam", {"cautious": True, "weight_decay": 0.1}, ((3, 0), (4, 3))),  # L2: p too
+    ("Lion", {"cautious": True}, ((2, 0), (3, 2))),
+    ("Adan", {"cautious": True}, ((5, 4), (5, 1))),
+])
+def test_new_rules_and_cautious_passes_get_matching_ceilings(rule, kwargs, passes):
+    n = 3000
+    case = bench.fastmoments_case(rule, n, np.float32, "flat", kwargs=kwargs)
+    assert case.traffic_passes == tuple((r, w, n) for r, w in passes)
+    ceiling = bench.ceiling_for(case)
+    assert ceiling.traffic_passes == case.traffic_passes
+    assert ceiling.bytes_per_step == case.bytes_per_step
+    ceiling.step()
+    case.step()
+
+
+def test_every_rule_is_benchmarked():
+    """The bench and the asv suite take their rules from ``fastmoments.__all__``."""
+    rules = set(cases.optimizer_classes())
+    assert {"ADOPT", "AdEMAMix", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Adan"} <= rules
 
 
 def test_ndadam_passes_on_matrices():

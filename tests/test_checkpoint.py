@@ -694,3 +694,5 @@ def test_export_refuses_what_torch_cannot_express():
         to_torch_state_dict(fm.Adam([np.ones(2)], eps_root=1e-6))
     with pytest.raises(ValueError, match="amsgrad_bias_correction"):
         to_torch_state_dict(fm.Adam([np.ones(2)], amsgrad=True, amsgrad_bias_correction=False))
+    with pytest.raises(ValueError, match="cautious=True has no torch.optim"):
+        to_torch_state_dict(fm.AdamW([np.ones(2)], cautious=True))

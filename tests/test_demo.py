@@ -121,6 +121,53 @@ def test_every_preset_runs():
         assert r.final_loss < r.initial_loss, r.name
 
 
+NEW_RULES = {"adopt": "ADOPT", "ademamix": "AdEMAMix", "schedulefreeadamw": "ScheduleFreeAdamW",
+             "schedulefreesgd": "ScheduleFreeSGD", "adan": "Adan", "c-adamw": "C-AdamW",
+             "c-lion": "C-Lion"}
+
+
+def test_the_newer_rules_are_choices_listed_by_help_and_train(capsys):
+    """The rules since Adam's critics (and the cautious AdamW and Lion) are choices with
+    a learning rate that trains the default problem, and --help names them."""
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in NEW_RULES:
+        assert re.search(rf"\b{re.escape(name)}\b", help_text), name
+    rc, out, _ = run_demo(capsys, "--steps", "60", "--quiet", "--no-plot", "--optimizers",
+                          ",".join(NEW_RULES))
+    assert rc == 0
+    rows = summary_rows(out)
+    assert list(rows) == list(NEW_RULES.values())
+    presets = demo.presets()
+    assert presets["c-adamw"].kwargs == {"cautious": True}
+    for name, label in NEW_RULES.items():
+        lr, final = rows[label][:2]
+        assert float(lr) == presets[name].lr
+        assert final != "diverged" and float(final) < 1.0, label  # from 1.30
+
+
+def test_schedule_free_is_evaluated_at_its_average():
+    """The loss the demo reports for a Schedule-Free rule is the one at x (opt.eval()),
+    and training goes on from y (opt.train() after each evaluation)."""
+    import fastmoments as fm
+
+    _, _, (result,) = demo.compare(["schedulefreesgd"], steps=12, batch_size=0)
+    dataset, net = demo.make_problem()
+    params, _ = demo._attach(net, net.copy_params(), flat=True)
+    opt = fm.ScheduleFreeSGD(params, lr=result.lr)
+    for t in range(12):
+        net.loss_grad(dataset.X, dataset.y)
+        opt.step()
+        if t == 5:
+            opt.eval()
+            assert net.loss(dataset.X, dataset.y) == result.curve[list(result.checkpoints).index(6)]
+            opt.train()
+    at_y = net.loss(dataset.X, dataset.y)
+    opt.eval()
+    assert result.final_loss == net.loss(dataset.X, dataset.y) != at_y
+
+
 def test_lr_override_and_full_batch(capsys):
     rc, out, _ = run_demo(capsys, "--steps", "10", "--quiet", "--no-plot", "--lr", "0.02",
                           "--batch-size", "0", "--optimizers", "adam,radam")

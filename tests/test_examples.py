@@ -28,6 +28,7 @@ def test_reddi_counterexample_adam_goes_to_the_wrong_end(capsys):
     assert finals["Adam"] > 0.9  # the worst point of [-1, 1]
     assert finals["AMSGrad"] < -0.9  # the optimum is -1
     assert finals["Yogi"] < -0.9
+    assert finals["ADOPT"] < -0.9  # Adam's beta2, normalized by the earlier steps
     assert "final x" in capsys.readouterr().out
 
 

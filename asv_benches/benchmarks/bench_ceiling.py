@@ -13,7 +13,7 @@ class Ceiling(_Steps):
     Serial below ``fastmoments.config.parallel_threshold``, parallel from it on.
     """
 
-    params = [[0, 1, 2, 3], SIZES, DTYPES, BACKENDS]
+    params = [[0, 1, 2, 3, 4], SIZES, DTYPES, BACKENDS]  # Adan has 4
     param_names = ["states", "size", "dtype", "backend"]
     timeout = 300
 

@@ -1,4 +1,5 @@
-"""Every rule: time per step, peak memory, GB/s and its fraction of the ceiling."""
+"""Every rule (and the ``cautious=True`` variants): time per step, peak memory, GB/s
+and its fraction of the ceiling."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fastmoments.tools import bench
 
 from .common import (
     BACKENDS,
+    CAUTIOUS_RULES,
     CHUNK,
     DTYPES,
     PATHS,
@@ -32,6 +34,25 @@ class RuleStep(_StepsWithCeiling):
     def peakmem_step(self, *params) -> None:
         self.case.step()
         self.case.sync()
+
+
+class CautiousStep(_StepsWithCeiling):
+    """One step of a rule with ``cautious=True``: two passes (the count of the agreeing
+    elements per tensor, then the masked update), against the ceiling of those passes.
+
+    float32 over a FlatParams of 1000-element arrays (the scale is per array) at the
+    large sizes: the step is limited by memory traffic there.
+    """
+
+    params = [CAUTIOUS_RULES, [10**6, 10**7], ["float32"], ["flat"], BACKENDS]
+    param_names = ["rule", "size", "dtype", "path", "backend"]
+    timeout = 300
+
+    def setup(self, rule: str, size: int, dtype: str, path: str, backend: str) -> None:
+        skip_combination(size, dtype, path, backend)
+        self.case = bench.fastmoments_case(rule, size, dtype, path, CHUNK, backend,
+                                           kwargs={"cautious": True})
+        run_once(self.case)
 
 
 class FirstStep:

@@ -7,6 +7,7 @@ benchmarks measure the same thing.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -28,6 +29,9 @@ else:
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
 
 RULES = list(bench.optimizer_classes())
+#: the rules with a ``cautious`` keyword (two passes when True)
+CAUTIOUS_RULES = [name for name, cls in bench.optimizer_classes().items()
+                  if "cautious" in inspect.signature(cls.__init__).parameters]
 SIZES = [10**3, 10**5, 10**6, 10**7, 5 * 10**7]
 DTYPES = ["float32", "float64"]
 PATHS = ["list", "flat"]

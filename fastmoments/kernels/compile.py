@@ -11,7 +11,8 @@
 - :func:`build_generated` compiles generated source text attributed to a real module
   file, so that numba's on-disk cache finds it again in a new process; the generated
   names carry a hash of the sources (:func:`source_hash`), so editing a rule or a
-  template invalidates the cache.
+  template invalidates the cache. :func:`check_argument_names` refuses a rule whose
+  argument names the generated loops use for something else.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 
 from numba import carray, njit, prange, types
 from numba.core import cgutils
@@ -35,7 +38,7 @@ from .cache import cached_njit
 __all__ = ["rule", "cpu_loop", "cached_njit", "prepare_cpu_target", "loop_ready",
            "call_when_ready",
            "WhenReady", "compile_in_background", "start_compiling", "wait_compiled",
-           "source_hash", "build_generated"]
+           "source_hash", "build_generated", "argument_marks", "check_argument_names"]
 
 _FASTMATH = False
 
@@ -277,3 +280,48 @@ def build_generated(source: str, name: str, filename: str, rule_fn, extra_global
     }
     exec(compile("\n" * 2000 + source, filename, "exec"), namespace)
     return namespace[name]
+
+
+# ---------------------------------------------------- rule argument names
+# A generated loop names a rule's states, segment values and scalars after the rule's
+# arguments, beside names of its own (``i``, ``n``, ``stride``, ``carray``, ...). A rule
+# argument with one of those names would silently be the loop's variable, so a kernel
+# renders its loops with a mark in place of each argument name and refuses the names
+# that the rendered text uses otherwise.
+_MARK = re.compile(r"__fm(\d+)__")
+#: every character that is not part of a name or an attribute access, as a space
+_NOT_NAME = str.maketrans({chr(c): " " for c in range(128)
+                           if not (chr(c).isalnum() or chr(c) in "_.")})
+
+
+def argument_marks(count: int) -> tuple[str, ...]:
+    """Stand-ins for ``count`` argument names of a rule (see :func:`check_argument_names`)."""
+    return tuple(f"__fm{k}__" for k in range(count))
+
+
+def _names(source: str) -> set[str]:
+    """The names in Python source ``source`` (attributes, ``x.name``, left out)."""
+    words = {word.partition(".")[0] for word in set(source.translate(_NOT_NAME).split())}
+    return {word for word in words if word and not word[0].isdigit()}
+
+
+def check_argument_names(owner: str, names: Sequence[str], sources: Iterable[str]) -> None:
+    """Raise TypeError if a name of ``names`` is one the generated loops use otherwise.
+
+    ``sources`` are the loops generated with ``argument_marks(len(names))`` in place of
+    ``names``: any other name in them is the loops' own (a local such as ``n`` or
+    ``stride``, a global such as ``carray``), and a name that contains a mark is made
+    from that argument's name (``exp_avg_j`` from ``exp_avg``).
+    """
+    taken: dict[str, str] = {}
+    for name in _names("\n".join(sources)):
+        mark = _MARK.search(name) if "__fm" in name else None
+        if mark is None:
+            taken[name] = "a name of the generated loops"
+        elif mark.group(0) != name:
+            made = names[int(mark.group(1))]
+            taken[name.replace(mark.group(0), made)] = f"the loops' name made from {made!r}"
+    clashes = [f"{name!r} ({taken[name]})" for name in names if name in taken]
+    if clashes:
+        raise TypeError(f"rule {owner}: argument names that its generated loops use "
+                        f"otherwise: {', '.join(clashes)}; rename them")

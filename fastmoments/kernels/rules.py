@@ -391,3 +391,287 @@ def accumulate_square(param, grad, exp_avg_sq, keep, weight, weight_decay):
     # v <- keep * v + weight * (g + wd p)^2 (keep = 0 on the first batch)
     g = grad + weight_decay * param
     return param, keep * exp_avg_sq + weight * (g * g)
+
+
+# ====================================================================
+# Rules of fastmoments.optim.modern (ADOPT, AdEMAMix, Schedule-Free AdamW / SGD, Adan)
+# and the two segmented passes of their cautious variants (Liang et al., 2024): the
+# first updates the state and returns, per element, 1 where the update agrees in sign
+# with the gradient (summed per tensor); the second recomputes the update from the new
+# state, bit for bit, and applies it where it agrees, times the tensor's
+# ``scale = numel / (agreeing + 1)``. ``one`` is 1 in the buffer dtype.
+# --------------------------------------------------------------------
+@rule
+def agreement(update, g, one):
+    # 1 where update * g > 0, else 0 (the cautious mask before its scale)
+    s = update * g
+    if s > -s:
+        return one
+    return one - one
+
+
+@rule
+def cautious(update, g, scale):
+    # the update where it agrees in sign with g, times the tensor's scale; 0 elsewhere
+    s = update * g
+    if s > -s:
+        return update * scale
+    return update - update
+
+
+# ------------------------------------------------------------------- ADOPT
+@rule
+def adopt_momentum(exp_avg, g, exp_avg_sq, one_minus_beta1, eps, clip):
+    # m <- m + (1 - beta1) (clip(g / max(sqrt(v_prev), eps), -clip, clip) - m)
+    denom = math.sqrt(exp_avg_sq)
+    if denom < eps:
+        denom = eps
+    n = g / denom
+    if n > clip:
+        n = clip
+    elif n < -clip:
+        n = -clip
+    return lerp(exp_avg, n, one_minus_beta1)
+
+
+@rule
+def adopt(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay, decay_factor,
+          first_step, one_minus_beta1, beta2, one_minus_beta2, lr, eps, clip):
+    # first step: v = g^2 and nothing else moves; then the normalized, clipped momentum
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    if first_step:
+        return param, exp_avg, g * g
+    m = adopt_momentum(exp_avg, g, exp_avg_sq, one_minus_beta1, eps, clip)
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    return param * decay_factor - lr * m, m, v
+
+
+@rule
+def adopt_cautious_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                           weight_decay, first_step, one_minus_beta1, beta2, one_minus_beta2, eps,
+                           clip, one):
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    if first_step:
+        return param, exp_avg, g * g, one - one
+    m = adopt_momentum(exp_avg, g, exp_avg_sq, one_minus_beta1, eps, clip)
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    return param, m, v, agreement(m, g, one)
+
+
+@rule
+def adopt_cautious_apply(param, grad, exp_avg, scale, grad_mult, clip_value, weight_decay,
+                         decay_factor, first_step, lr):
+    if first_step:
+        return param, exp_avg
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    return param * decay_factor - lr * cautious(exp_avg, g, scale), exp_avg
+
+
+# ---------------------------------------------------------------- AdEMAMix
+@rule
+def ademamix_update(exp_avg, exp_avg_sq, exp_avg_slow, inv_bias_correction1,
+                    inv_bias_correction2, alpha, eps):
+    # (m1 / (1 - beta1^t) + alpha_t m2) / (sqrt(v / (1 - beta2^t)) + eps)
+    denom = math.sqrt(exp_avg_sq * inv_bias_correction2) + eps
+    return (exp_avg * inv_bias_correction1 + alpha * exp_avg_slow) / denom
+
+
+@rule
+def ademamix_moments(g, exp_avg, exp_avg_sq, exp_avg_slow, one_minus_beta1, beta2,
+                     one_minus_beta2, one_minus_beta3):
+    m1 = lerp(exp_avg, g, one_minus_beta1)
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    m2 = lerp(exp_avg_slow, g, one_minus_beta3)
+    return m1, v, m2
+
+
+@rule
+def ademamix(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, grad_mult, clip_value,
+             decay_factor, one_minus_beta1, beta2, one_minus_beta2, one_minus_beta3,
+             inv_bias_correction1, inv_bias_correction2, alpha, lr, eps):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    m1, v, m2 = ademamix_moments(g, exp_avg, exp_avg_sq, exp_avg_slow, one_minus_beta1, beta2,
+                                 one_minus_beta2, one_minus_beta3)
+    u = ademamix_update(m1, v, m2, inv_bias_correction1, inv_bias_correction2, alpha, eps)
+    return param * decay_factor - lr * u, m1, v, m2
+
+
+@rule
+def ademamix_cautious_moments(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, grad_mult,
+                              clip_value, one_minus_beta1, beta2, one_minus_beta2,
+                              one_minus_beta3, inv_bias_correction1, inv_bias_correction2,
+                              alpha, eps, one):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    m1, v, m2 = ademamix_moments(g, exp_avg, exp_avg_sq, exp_avg_slow, one_minus_beta1, beta2,
+                                 one_minus_beta2, one_minus_beta3)
+    u = ademamix_update(m1, v, m2, inv_bias_correction1, inv_bias_correction2, alpha, eps)
+    return param, m1, v, m2, agreement(u, g, one)
+
+
+@rule
+def ademamix_cautious_apply(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, scale, grad_mult,
+                            clip_value, decay_factor, inv_bias_correction1,
+                            inv_bias_correction2, alpha, lr, eps):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    u = ademamix_update(exp_avg, exp_avg_sq, exp_avg_slow, inv_bias_correction1,
+                        inv_bias_correction2, alpha, eps)
+    return (param * decay_factor - lr * cautious(u, g, scale), exp_avg, exp_avg_sq,
+            exp_avg_slow)
+
+
+# ----------------------------------------------------------- Schedule-Free
+# The parameter holds y; z is the base iterate (the parameter itself at the first step).
+# y <- (1 - c) y + c z + lr_t (beta1 (1 - c) - 1) u and z <- z - lr_t u, with
+# y_coef = lr_t (beta1 (1 - c) - 1): the average x is never formed.
+@rule
+def schedule_free_adamw(param, grad, z, exp_avg_sq, grad_mult, clip_value, weight_decay,
+                        first_step, ckp1, y_coef, lr, beta2, one_minus_beta2,
+                        inv_bias_correction2, eps):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    base = z
+    if first_step:
+        base = param
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    u = g / (math.sqrt(v * inv_bias_correction2) + eps)
+    if weight_decay:  # at y, after the normalization
+        u = u + weight_decay * param
+    return lerp(param, base, ckp1) + y_coef * u, base - lr * u, v
+
+
+@rule
+def schedule_free_sgd(param, grad, z, grad_mult, clip_value, weight_decay, first_step, ckp1,
+                      y_coef, lr):
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    base = z
+    if first_step:
+        base = param
+    return lerp(param, base, ckp1) + y_coef * g, base - lr * g
+
+
+# -------------------------------------------------------------------- Adan
+@rule
+def adan_moments(g, exp_avg, exp_avg_diff, exp_avg_sq, prev_grad, first_step, one_minus_beta1,
+                 beta2, one_minus_beta2, beta3, one_minus_beta3):
+    d = g - prev_grad
+    if first_step:  # g_0 = g_1: no difference at the first step
+        d = g - g
+    m = lerp(exp_avg, g, one_minus_beta1)
+    dm = lerp(exp_avg_diff, d, one_minus_beta2)
+    c = g + beta2 * d
+    n = beta3 * exp_avg_sq + one_minus_beta3 * (c * c)
+    return m, dm, n
+
+
+@rule
+def adan_update(exp_avg, exp_avg_diff, exp_avg_sq, inv_bias_correction1, diff_coef,
+                inv_bias_correction3, eps):
+    # (m / (1 - beta1^t) + beta2 dm / (1 - beta2^t)) / (sqrt(n / (1 - beta3^t)) + eps)
+    denom = math.sqrt(exp_avg_sq * inv_bias_correction3) + eps
+    return (exp_avg * inv_bias_correction1 + diff_coef * exp_avg_diff) / denom
+
+
+@rule
+def adan(param, grad, exp_avg, exp_avg_diff, exp_avg_sq, prev_grad, grad_mult, clip_value,
+         first_step, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3,
+         inv_bias_correction1, diff_coef, inv_bias_correction3, eps, lr, decay_factor,
+         prox_divisor):
+    # decay_factor = 1 - lr wd (no_prox) or 1; prox_divisor = 1 + lr wd (proximal) or 1
+    g = scaled_grad(grad, grad_mult, clip_value)
+    m, dm, n = adan_moments(g, exp_avg, exp_avg_diff, exp_avg_sq, prev_grad, first_step,
+                            one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3)
+    u = adan_update(m, dm, n, inv_bias_correction1, diff_coef, inv_bias_correction3, eps)
+    return (param * decay_factor - lr * u) / prox_divisor, m, dm, n, g
+
+
+@rule
+def adan_cautious_moments(param, grad, exp_avg, exp_avg_diff, exp_avg_sq, prev_grad, grad_mult,
+                          clip_value, first_step, one_minus_beta1, beta2, one_minus_beta2, beta3,
+                          one_minus_beta3, inv_bias_correction1, diff_coef,
+                          inv_bias_correction3, eps, one):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    m, dm, n = adan_moments(g, exp_avg, exp_avg_diff, exp_avg_sq, prev_grad, first_step,
+                            one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3)
+    u = adan_update(m, dm, n, inv_bias_correction1, diff_coef, inv_bias_correction3, eps)
+    return param, m, dm, n, g, agreement(u, g, one)
+
+
+@rule
+def adan_cautious_apply(param, grad, exp_avg, exp_avg_diff, exp_avg_sq, scale, grad_mult,
+                        clip_value, inv_bias_correction1, diff_coef, inv_bias_correction3, eps,
+                        lr, decay_factor, prox_divisor):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    u = adan_update(exp_avg, exp_avg_diff, exp_avg_sq, inv_bias_correction1, diff_coef,
+                    inv_bias_correction3, eps)
+    return ((param * decay_factor - lr * cautious(u, g, scale)) / prox_divisor, exp_avg,
+            exp_avg_diff, exp_avg_sq)
+
+
+# ====================================================================
+# The cautious variants of Adam, AdamW (C-AdamW) and Lion (C-Lion), Liang et al. (2024).
+# Their first pass only counts: the sign of Adam's update m / denom is the sign of its new
+# first moment m (denom > 0), and Lion's update is sign(c); both come from the gradient and
+# the stored first moment alone, so the count reads p (L2 decay), g and exp_avg and stores
+# nothing. The second pass is the element-wise rule with the masked update, which
+# recomputes m (or c) bit for bit: the elements it moves are those the first pass counted.
+# --------------------------------------------------------------------
+@rule
+def adam_cautious_count(param, grad, exp_avg, grad_mult, clip_value, weight_decay,
+                        one_minus_beta1, one):
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    return param, exp_avg, agreement(lerp(exp_avg, g, one_minus_beta1), g, one)
+
+
+@rule
+def adam_cautious_apply(param, grad, exp_avg, exp_avg_sq, scale, grad_mult, clip_value,
+                        weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
+                        step_size, inv_bias_correction2, eps_root, eps):
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    m = lerp(exp_avg, g, one_minus_beta1)
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    denom = math.sqrt(v * inv_bias_correction2 + eps_root) + eps
+    return param * decay_factor - step_size * (cautious(m, g, scale) / denom), m, v
+
+
+@rule
+def adam_amsgrad_cautious_apply(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scale,
+                                grad_mult, clip_value, weight_decay, decay_factor,
+                                one_minus_beta1, beta2, one_minus_beta2, step_size,
+                                inv_bias_correction2, eps_root, eps):
+    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
+    m = lerp(exp_avg, g, one_minus_beta1)
+    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    vmax = max_exp_avg_sq if max_exp_avg_sq > v else v
+    denom = math.sqrt(vmax * inv_bias_correction2 + eps_root) + eps
+    return param * decay_factor - step_size * (cautious(m, g, scale) / denom), m, v, vmax
+
+
+@rule
+def same_sign(a, b):
+    # both > 0 or both < 0: sign(a) * b > 0 without the product (which could underflow)
+    return (a > -a and b > -b) or (a < -a and b < -b)
+
+
+@rule
+def lion_cautious_count(param, grad, exp_avg, grad_mult, clip_value, beta1, one_minus_beta1,
+                        one):
+    g = scaled_grad(grad, grad_mult, clip_value)
+    if same_sign(beta1 * exp_avg + one_minus_beta1 * g, g):
+        return param, exp_avg, one
+    return param, exp_avg, one - one
+
+
+@rule
+def lion_cautious_apply(param, grad, exp_avg, scale, grad_mult, clip_value, decay_factor, lr,
+                        beta1, one_minus_beta1, beta2, one_minus_beta2):
+    # Lion's step where sign(c) agrees with g, times the tensor's scale; no step elsewhere
+    g = scaled_grad(grad, grad_mult, clip_value)
+    c = beta1 * exp_avg + one_minus_beta1 * g
+    p = param * decay_factor
+    if same_sign(c, g):
+        if c > -c:
+            p = p - lr * scale
+        else:
+            p = p + lr * scale
+    elif c != c:
+        p = c  # a NaN gradient propagates (NaN times the mask's 0 is NaN), as in torch
+    return p, beta2 * exp_avg + one_minus_beta2 * g

@@ -10,7 +10,16 @@ Options shared by every optimizer (keyword-only):
   a gradient has NaN/Inf; ``skipped_steps`` counts them) or ``"raise"``
   (``FloatingPointError``, nothing changed);
 - ``max_grad_norm``: clip the global gradient norm (as ``clip_grad_norm_``), fused;
-- ``clip_value``: clip each gradient element to ``[-clip_value, clip_value]``.
+- ``clip_value``: clip each gradient element to ``[-clip_value, clip_value]``;
+- ``state_dtype``: ``None`` (the parameters' dtype; float32 for 16-bit parameters),
+  ``"bfloat16"``, ``"int8"`` (blockwise) or ``"float32"`` (under float64 parameters);
+  ``state_rounding``: ``"auto"`` (second moments stochastic, others nearest),
+  ``"nearest"``, ``"stochastic"`` or a dict per state; ``seed`` of the stochastic
+  rounding; ``master_weights``: a float32 copy of float16 / bfloat16 parameters (default
+  True for them; False rounds the parameters stochastically). See docs/precision.md.
+
+``cautious=True`` on Adam, AdamW and Lion (Liang et al., 2024) runs the rule as two
+segmented passes (see :mod:`._cautious`); the default keeps the single fused pass.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from typing import Any
 
 from ..kernels import rules as _rules
 from ..kernels.elementwise import Kernel
+from ..kernels.segmented import SegmentedKernel
+from ._cautious import Cautious, CautiousOption
 from ._checks import check_number
 from ._scalars import bias_corrections, weight_decay_terms
 from .base import Optimizer
@@ -52,6 +63,24 @@ _ADABELIEF = Kernel(_rules.adabelief, ("exp_avg", "exp_avg_var"))
 _ADABELIEF_AMSGRAD = Kernel(_rules.adabelief_amsgrad,
                             ("exp_avg", "exp_avg_var", "max_exp_avg_var"))
 _LION = Kernel(_rules.lion, ("exp_avg",))
+
+# cautious=True (C-AdamW, C-Lion): a pass that counts the agreeing elements of each tensor
+# (reads g and exp_avg, and p for Adam's L2 decay; stores nothing), then the rule with the
+# masked update
+_ADAM_CAUTIOUS_COUNT = SegmentedKernel(_rules.adam_cautious_count, ("exp_avg",), (), 1, ())
+_ADAM_CAUTIOUS = Cautious(
+    _ADAM, _ADAM_CAUTIOUS_COUNT,
+    SegmentedKernel(_rules.adam_cautious_apply, _ADAM.state_names, ("scale",), 0,
+                    ("param", *_ADAM.state_names)))
+_ADAM_AMSGRAD_CAUTIOUS = Cautious(
+    _ADAM_AMSGRAD, _ADAM_CAUTIOUS_COUNT,
+    SegmentedKernel(_rules.adam_amsgrad_cautious_apply, _ADAM_AMSGRAD.state_names, ("scale",),
+                    0, ("param", *_ADAM_AMSGRAD.state_names)))
+_LION_CAUTIOUS = Cautious(
+    _LION,
+    SegmentedKernel(_rules.lion_cautious_count, ("exp_avg",), (), 1, ()),
+    SegmentedKernel(_rules.lion_cautious_apply, ("exp_avg",), ("scale",), 0,
+                    ("param", "exp_avg")))
 
 
 # -------------------------------------------------------------------- SGD
@@ -251,8 +280,8 @@ class Adadelta(Optimizer):
 
 
 # ------------------------------------------------------------ Adam family
-class Adam(Optimizer):
-    r"""Adam (torch.optim.Adam semantics), with AMSGrad and optax's ``eps_root``.
+class Adam(CautiousOption):
+    r"""Adam (torch.optim.Adam semantics), with AMSGrad, optax's ``eps_root`` and C-Adam.
 
     .. math::
 
@@ -281,28 +310,42 @@ class Adam(Optimizer):
     amsgrad_bias_correction : bool, default True
         False gives AMSGrad in Reddi et al.'s original form: no bias correction of
         either moment (torch and optax bias-correct).
+    cautious : bool, default False
+        C-Adam (Liang et al., 2024): the update is masked where its sign (that of
+        :math:`m_t`) disagrees with :math:`g_t` and each tensor's rest scaled by
+        ``numel / (agreeing + 1)``; the decay of :class:`AdamW` is not masked. Two
+        passes over the buffers instead of one; see ``docs/rules/cautious.md``.
 
     References
     ----------
     Kingma & Ba (2015), Adam: A Method for Stochastic Optimization. ICLR.
     Reddi, Kale & Kumar (2018), On the Convergence of Adam and Beyond. ICLR.
+    Liang, Chen, Liu & Liu (2024), Cautious Optimizers: Improving Training with One Line
+    of Code. arXiv:2411.16085.
     """
 
     _nonneg = ("eps", "weight_decay", "eps_root")
-    _bools = ("amsgrad", "maximize", "amsgrad_bias_correction")
+    _bools = ("amsgrad", "maximize", "amsgrad_bias_correction", "cautious")
     _decoupled = False
 
     def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
                  maximize: bool = False, eps_root: float = 0.0,
-                 amsgrad_bias_correction: bool = True, **options: Any) -> None:
+                 amsgrad_bias_correction: bool = True, cautious: bool = False,
+                 **options: Any) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, eps_root=eps_root,
-                                      amsgrad_bias_correction=amsgrad_bias_correction),
+                                      amsgrad_bias_correction=amsgrad_bias_correction,
+                                      cautious=cautious),
                          **options)
 
-    def _select(self, hyper: dict[str, Any]) -> Kernel:
+    def _select(self, hyper: dict[str, Any]) -> Kernel | Cautious:
+        if hyper["cautious"]:
+            return _ADAM_AMSGRAD_CAUTIOUS if hyper["amsgrad"] else _ADAM_CAUTIOUS
         return _ADAM_AMSGRAD if hyper["amsgrad"] else _ADAM
+
+    def _count_reads_param(self, hyper: dict[str, Any]) -> bool:
+        return not self._decoupled and hyper["weight_decay"] != 0  # L2 in the gradient
 
     def _scalars(self, hyper: dict, lr: float, step: int, host: dict, named) -> tuple:
         beta1, beta2 = hyper["betas"]
@@ -328,7 +371,8 @@ class AdamW(Adam):
                    \frac{m_t}{\sqrt{\hat v_t / (1 - \beta_2^t)} + \epsilon}
 
     with :math:`m_t, \hat v_t` as in :class:`Adam` (no decay in the gradient).
-    Defaults as Adam except weight_decay=1e-2.
+    Defaults as Adam except weight_decay=1e-2; ``cautious=True`` is C-AdamW (the
+    update masked, not the decay).
 
     References
     ----------
@@ -340,10 +384,11 @@ class AdamW(Adam):
     def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, eps_root: float = 0.0,
-                 amsgrad_bias_correction: bool = True, **options: Any) -> None:
+                 amsgrad_bias_correction: bool = True, cautious: bool = False,
+                 **options: Any) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          eps_root=eps_root, amsgrad_bias_correction=amsgrad_bias_correction,
-                         **options)
+                         cautious=cautious, **options)
 
 
 class Adamax(Optimizer):
@@ -562,7 +607,12 @@ class Yogi(Optimizer):
         ------
         RuntimeError
             After the first step.
+        ValueError
+            With reduced-precision storage (``state_dtype``, 16-bit parameters).
         """
+        if any(group.precision is not None for group in self._groups):
+            raise ValueError("Yogi.init_second_moment: not supported with state_dtype="
+                             f"{self.state_dtype!r} or 16-bit parameters yet")
         init_second_moment(self, grads)
 
 
@@ -638,7 +688,7 @@ class AdaBelief(Optimizer):
 
 
 # -------------------------------------------------------------------- Lion
-class Lion(Optimizer):
+class Lion(CautiousOption):
     r"""Lion: the sign of an interpolated momentum (Chen et al., 2023).
 
     .. math::
@@ -659,27 +709,40 @@ class Lion(Optimizer):
     betas : (float, float), default (0.9, 0.99)
     weight_decay : float, default 0
         Decoupled, scaled by the learning rate.
+    cautious : bool, default False
+        C-Lion (Liang et al., 2024): no step where :math:`\operatorname{sign}(c_t)`
+        disagrees with :math:`g_t`, and each tensor's other steps scaled by
+        ``numel / (agreeing + 1)``; the decay is not masked. Two passes over the
+        buffers instead of one; see ``docs/rules/cautious.md``.
     maximize : bool, default False
 
     Notes
     -----
     The trajectory of lion-pytorch (same defaults) and of optax's ``lion`` (whose
-    default ``weight_decay`` is 1e-3). One state buffer, ``exp_avg``.
+    default ``weight_decay`` is 1e-3). One state buffer, ``exp_avg``. With
+    ``cautious=True``, the trajectory of pytorch-optimizer 4.1's ``Lion(cautious=True)``.
 
     References
     ----------
     Chen et al. (2023), Symbolic Discovery of Optimization Algorithms. NeurIPS.
+    Liang, Chen, Liu & Liu (2024), Cautious Optimizers: Improving Training with One Line
+    of Code. arXiv:2411.16085.
     """
 
     _nonneg = ("weight_decay",)
+    _bools = ("cautious", "maximize")
 
     def __init__(self, params: Any, lr: Any = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, **options: Any) -> None:
+                 weight_decay: float = 0.0, *, cautious: bool = False, maximize: bool = False,
+                 **options: Any) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                      maximize=maximize), **options)
+                                      cautious=cautious, maximize=maximize), **options)
 
-    def _select(self, hyper: dict[str, Any]) -> Kernel:
-        return _LION
+    def _select(self, hyper: dict[str, Any]) -> Kernel | Cautious:
+        return _LION_CAUTIOUS if hyper["cautious"] else _LION
+
+    def _count_reads_param(self, hyper: dict[str, Any]) -> bool:
+        return False  # the sign of c: the gradient and the momentum
 
     _scalars_repeat = True  # no bias correction (see Optimizer._scalars_repeat)
 

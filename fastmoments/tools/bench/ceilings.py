@@ -106,9 +106,9 @@ def cuda_pass_ceiling_kernel(reads: int, writes: int, store_only: int = 0) -> An
 
 
 # ------------------------------------------------- single-pass ceilings
-# In place, exactly the loads and stores of a rule with 0..3 state buffers, no math
-# beyond one add per store: ``p[i] += g[i]`` and ``s[i] += g[i]`` for each state
-# buffer. One body for the CPU loops (serial / prange, the library's jit options,
+# In place, exactly the loads and stores of a rule with any number of state buffers
+# (Adan has 4), no math beyond one add per store: ``p[i] += g[i]`` and ``s[i] += g[i]``
+# for each state buffer. One body for the CPU loops (serial / prange, the library's jit options,
 # compiled like its generated loops so that numba's on-disk cache applies) and the
 # CUDA grid-stride kernel.
 _CPU_CEILING_SOURCE = """
@@ -126,8 +126,8 @@ _CUDA_CEILINGS: dict[int, Any] = {}
 
 
 def _ceiling_source(template: str, n_states: int, **names: str) -> str:
-    if not 0 <= n_states <= 3:
-        raise ValueError(f"no ceiling kernel for {n_states} state buffers (0..3)")
+    if not (isinstance(n_states, (int, np.integer)) and n_states >= 0):
+        raise ValueError(f"no ceiling kernel for {n_states!r} state buffers (a count >= 0)")
     states = [f"s{k}" for k in range(n_states)]
     body = "gi = g[i]; p[i] += gi" + "".join(f"; {s}[i] += gi" for s in states)
     return template.format(args="".join(f", {s}" for s in states), body=body, **names)

@@ -15,9 +15,15 @@ problems (--problem):
   your table instead (features are standardized; --task picks classification or
   regression, by default from the target column).
 
+The optimizers: every class of fastmoments (adam, adopt, ademamix, adan,
+schedulefreeadamw, ...), plus momentum, nesterov (SGD), amsgrad (Adam) and the
+cautious c-adamw, c-lion (cautious=True). Schedule-Free rules are evaluated at
+their average (opt.eval() before each evaluation, opt.train() after).
+
 examples:
   fastmoments demo
   fastmoments demo --optimizers adam,amsgrad,yogi --steps 2000 --lr 3e-3
+  fastmoments demo --optimizers adamw,c-adamw,adopt,ademamix,adan,schedulefreeadamw
   fastmoments demo --problem linreg --no-flat --dtype float32
   fastmoments demo --data table.csv --plot curves.png
 """
@@ -69,7 +75,9 @@ class Preset:
 _LR = {
     "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.1, "rmsprop": 1e-2,
     "adadelta": 1.0, "adam": 1e-2, "amsgrad": 1e-2, "adamw": 1e-2, "adamax": 2e-2,
-    "nadam": 1e-2, "radam": 1e-2, "yogi": 1e-2,
+    "nadam": 1e-2, "radam": 1e-2, "yogi": 1e-2, "lion": 3e-3, "adopt": 1e-2,
+    "ademamix": 1e-2, "schedulefreeadamw": 1e-2, "schedulefreesgd": 1.0, "adan": 1e-2,
+    "c-adamw": 1e-2, "c-lion": 3e-3,
 }
 
 
@@ -77,8 +85,9 @@ def presets() -> dict[str, Preset]:
     """Every optimizer the demo knows, by lower-case name.
 
     One entry per optimizer class exported by ``fastmoments`` (``adam``, ``yogi``,
-    ...), plus the variants ``momentum`` / ``nesterov`` (SGD with momentum 0.9) and
-    ``amsgrad`` (Adam with ``amsgrad=True``).
+    ...), plus the variants ``momentum`` / ``nesterov`` (SGD with momentum 0.9),
+    ``amsgrad`` (Adam with ``amsgrad=True``) and ``c-adamw`` / ``c-lion`` (AdamW and
+    Lion with ``cautious=True``).
     """
     import fastmoments
 
@@ -100,6 +109,9 @@ def presets() -> dict[str, Preset]:
     if "adam" in out:
         out["amsgrad"] = Preset("amsgrad", out["adam"].cls, _LR["amsgrad"], {"amsgrad": True},
                                 "AMSGrad")
+    for name, base, label in (("c-adamw", "adamw", "C-AdamW"), ("c-lion", "lion", "C-Lion")):
+        if base in out:
+            out[name] = Preset(name, out[base].cls, _LR[name], {"cautious": True}, label)
     return out
 
 
@@ -199,6 +211,18 @@ def _attach(net: Net, init: list[np.ndarray], flat: bool) -> tuple[Any, list[np.
     grads = [np.zeros_like(p) for p in init]
     net.bind(params, grads)
     return params, grads
+
+
+def _evaluated(opt: Any, evaluate: Callable[[], Any]) -> Any:
+    """``evaluate()`` at the parameters a user evaluates: a Schedule-Free optimizer's
+    average ``x`` (``opt.eval()`` first, ``opt.train()`` after), else as they are."""
+    if not hasattr(opt, "train_mode"):
+        return evaluate()
+    opt.eval()
+    try:
+        return evaluate()
+    finally:
+        opt.train()
 
 
 def _warm_up(preset: Preset, init: list[np.ndarray], flat: bool, lr: float | None) -> float:
@@ -309,7 +333,7 @@ def compare(
                 step_ns[t] = clock() - t0
                 taken = t + 1
                 if taken == marks[next_mark]:
-                    curve[next_mark] = net.loss(X, y)
+                    curve[next_mark] = _evaluated(opt, lambda: net.loss(X, y))
                     next_mark += 1
                 if not math.isfinite(loss):
                     diverged = True
@@ -323,7 +347,7 @@ def compare(
             progress(preset.name, steps - reported)
         accuracy = None
         if classify and not diverged:
-            accuracy = net.accuracy(X, y)
+            accuracy = _evaluated(opt, lambda: net.accuracy(X, y))
         results.append(Result(
             name=preset.name, label=preset.label, lr=float(opt.lr), checkpoints=marks,
             curve=curve, batch_losses=batch_losses, accuracy=accuracy,
