@@ -6,22 +6,15 @@ from .config import config
 from .flat import FlatParams
 from .interop import from_torch_state_dict, to_torch_state_dict
 from .kernels.compile import wait_compiled
-from .optim.elementwise import (
-    SGD,
-    AdaBelief,
-    Adadelta,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Lion,
-    NAdam,
-    RAdam,
-    RMSprop,
-    Yogi,
-)
-from .optim.modern import ADOPT, Adan, AdEMAMix, ScheduleFreeAdamW, ScheduleFreeSGD
-from .optim.multipass import LAMB, SWATS, NDAdam
+from .optim.adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .optim.adam_variants import AdaBelief, Lion, Yogi
+from .optim.adaptive import Adadelta, Adagrad, RMSprop
+from .optim.lamb import LAMB
+from .optim.modern import ADOPT, Adan, AdEMAMix
+from .optim.ndadam import NDAdam
+from .optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
+from .optim.sgd import SGD
+from .optim.swats import SWATS
 from .param_groups import decay_mask_groups
 
 __version__ = "0.1.0"

@@ -419,10 +419,10 @@ _BLOCK_SIZES = """
 import json, sys
 import fastmoments as fm
 from fastmoments.kernels import cuda as _gpu
-from fastmoments.kernels import segmented as _segmented
+from fastmoments.kernels import segmented_run as _segmented_run
 from fastmoments.tools import bench
 launched = []  # the threads per block of every launch: element-wise, ceiling, segmented
-for module in (_gpu, _segmented):
+for module in (_gpu, _segmented_run):
     def recording(n, _grid=module._grid):
         grid = _grid(n)
         launched.append(grid[1])

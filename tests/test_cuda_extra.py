@@ -16,7 +16,7 @@ from cases import problem
 from test_extra import case_id, make
 
 import fastmoments as fm
-import fastmoments.kernels.segmented as segmented
+import fastmoments.kernels.segments as segments
 from fastmoments import extra
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -98,7 +98,7 @@ def test_cuda_matches_cpu(case, dtype):
 
 
 def test_cuda_lamb_long_tensors_split_in_chunks(monkeypatch):
-    monkeypatch.setattr(segmented, "CHUNK", 4)
+    monkeypatch.setattr(segments, "CHUNK", 4)
     params, grad = problem(shapes=[(3, 5), (2,)], steps=2)
     cpu = [p.copy() for p in params]
     opt_cpu = extra.LAMB(cpu, lr=0.01, weight_decay=0.1)

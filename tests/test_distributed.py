@@ -32,7 +32,7 @@ from fastmoments.distributed import (
     shard_ranges,
     shard_sizes,
 )
-from fastmoments.kernels.segmented import Parts, Segments
+from fastmoments.kernels.segments import Parts, Segments
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mpi_cases  # noqa: E402
@@ -134,9 +134,9 @@ def test_shard_segment_tables_cover_each_segment_once(world):
     """The tables of the parts (one per rank) cover every element of every segment once,
     under the whole table's numbering: rows, columns, whole tensors, an empty tensor,
     and chunks longer than CHUNK."""
-    from fastmoments.kernels import segmented
+    from fastmoments.kernels import segments
 
-    shapes = [(3, 5), (4, 3, 2), (0, 3), (7,), (2, 3 * segmented.CHUNK // 2 + 5)]
+    shapes = [(3, 5), (4, 3, 2), (0, 3), (7,), (2, 3 * segments.CHUNK // 2 + 5)]
     layouts = {
         "whole": [(1, int(np.prod(s)), 1) for s in shapes],
         "rows": [(int(np.prod(s[:-1])), s[-1], 1) if len(s) >= 2 else None for s in shapes],
@@ -161,7 +161,7 @@ def test_shard_segment_tables_cover_each_segment_once(world):
                 continue
             part = Segments(np.array(pieces), layout, Parts(np.array(tensors), np.array(starts)))
             assert part.num_segments == whole.num_segments
-            assert (part.chunks[:, 3] <= segmented.CHUNK).all()
+            assert (part.chunks[:, 3] <= segments.CHUNK).all()
             got += _per_segment_sums(part, buffer[start:stop], np.array(pieces))
         np.testing.assert_array_equal(got, expected, err_msg=name)
 

@@ -14,7 +14,7 @@ from cases import SHAPES, float32_tol, problem
 import fastmoments as fm
 from fastmoments import extra
 from fastmoments.kernels.segmented import SegmentedKernel
-from fastmoments.optim import multipass
+from fastmoments.optim import lamb, multipass, ndadam, swats
 
 STEPS = 60
 
@@ -263,8 +263,8 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
     for lr in (1e-3, 0.1, 3.0):
         trust_a, trust_b = np.full(40, 7.0), np.full(40, 7.0)
         steps_a, steps_b = np.full((40, 1), 7, dtype), np.full((40, 1), 7, dtype)
-        multipass._lamb_trust(squares, lr, trust_a, steps_a)
-        multipass._lamb_trust_numpy(squares, lr, trust_b, steps_b, {})
+        lamb._lamb_trust(squares, lr, trust_a, steps_a)
+        lamb._lamb_trust_numpy(squares, lr, trust_b, steps_b, {})
         np.testing.assert_array_equal(trust_a, trust_b)  # NaN where both are NaN
         np.testing.assert_array_equal(steps_a, steps_b)
         assert trust_a[0] == trust_a[1] == trust_a[2] == trust_a[3] == 1.0
@@ -276,8 +276,8 @@ def test_numpy_stand_ins_match_the_jitted_helpers(dtype):
         if rows == 7:  # inf + -inf is NaN; 1e308 + 1e308 overflows
             totals[:, 0], totals[:, 1] = [1, np.inf, -np.inf, 2, 0, -0.0, 1], 1e308
         out_a, out_b = np.array([0.5, -2.0]), np.array([0.5, -2.0])
-        multipass._add_column_sums(totals, out_a)
-        multipass._add_column_sums_numpy(totals, out_b, scratch)
+        swats._add_column_sums(totals, out_a)
+        swats._add_column_sums_numpy(totals, out_b, scratch)
         assert out_a.tobytes() == out_b.tobytes(), rows
 
 
@@ -287,7 +287,7 @@ def test_per_segment_totals_stand_in_matches_its_loop():
     no warning where the loop gives none (inf + -inf)."""
     import warnings
 
-    from fastmoments.kernels import segmented as _segmented
+    from fastmoments.kernels import segments as _segments
 
     rng = np.random.default_rng(4)
     for chunks, segments in ((1, 1), (62, 1), (9, 4), (1000, 37)):
@@ -298,16 +298,16 @@ def test_per_segment_totals_stand_in_matches_its_loop():
             sums[3:6, 1] = [np.nan, np.inf, -np.inf]
             sums[6:8, 0] = [np.inf, -0.0]
         out_a, out_b = np.full((segments, 2), 7.0), np.full((segments, 2), 7.0)
-        _segmented._add_per_segment(segment_of_chunk, sums, out_a)
+        _segments._add_per_segment(segment_of_chunk, sums, out_a)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            _segmented._add_per_segment_numpy(segment_of_chunk, sums, out_b)
+            _segments._add_per_segment_numpy(segment_of_chunk, sums, out_b)
         assert out_a.tobytes() == out_b.tobytes(), (chunks, segments)
         # a mutation that sums the same numbers in another order fails where they round
         if chunks == 1000:
             shuffled = np.full((segments, 2), 7.0)
             order = rng.permutation(chunks)
-            _segmented._add_per_segment_numpy(segment_of_chunk[order], sums[order], shuffled)
+            _segments._add_per_segment_numpy(segment_of_chunk[order], sums[order], shuffled)
             assert shuffled.tobytes() != out_a.tobytes()
 
 
@@ -319,7 +319,8 @@ def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
     warning (the loop gives none)."""
     import warnings
 
-    from fastmoments.kernels.segmented import Segments, run, whole_tensors, workspace
+    from fastmoments.kernels.segmented_run import run, workspace
+    from fastmoments.kernels.segments import Segments, whole_tensors
 
     rng = np.random.default_rng(5)
     shapes = [(7, 5), (1,), (300,), (2, 3, 4)]
@@ -332,7 +333,7 @@ def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
         group = opt._groups[0]
         segments = Segments(group.offsets, whole_tensors(group.params))
         update = np.random.default_rng(6).standard_normal(group.numel).astype(dtype)
-        steps = workspace(multipass._LAMB_APPLY, group, segments).values
+        steps = workspace(lamb._LAMB_APPLY, group, segments).values
         steps[:, 0] = np.random.default_rng(7).uniform(1e-4, 1.0, len(shapes))
         # inf - inf and inf * 0 are NaN; a product that overflows (silent, as the loop)
         group.params[0].reshape(-1)[0] = np.inf
@@ -342,9 +343,9 @@ def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
         if use_stand_in:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                multipass._lamb_apply_numpy(steps, group, update)
+                lamb._lamb_apply_numpy(steps, group, update)
         else:
-            run(multipass._LAMB_APPLY, group, "params", segments, steps, (), (update,))
+            run(lamb._LAMB_APPLY, group, "params", segments, steps, (), (update,))
         results.append([np.array(p, copy=True) for p in group.params])
     for a, b in zip(*results, strict=True):
         assert a.tobytes() == b.tobytes()
@@ -355,7 +356,7 @@ def test_lamb_second_pass_stand_in_matches_its_loop(path, dtype):
 
 
 def test_lamb_trust_ratios_and_long_tensors(monkeypatch):
-    import fastmoments.kernels.segmented as seg
+    import fastmoments.kernels.segments as seg
 
     monkeypatch.setattr(seg, "CHUNK", 7)  # tensors split into many chunks
     params, grad = problem(shapes=[(40,), (3, 11), (0,), (2,)], steps=20)
@@ -376,8 +377,9 @@ def test_segmented_sums_over_many_blocks(name, kwargs, dtype, monkeypatch):
     """Tensors of several summation blocks (vectorized partial sums in the buffer
     dtype, a partial last block) and chunks split across blocks match the reference."""
     import fastmoments.kernels.segmented as seg
+    import fastmoments.kernels.segments as segments_module
 
-    monkeypatch.setattr(seg, "CHUNK", 1300)  # a chunk ends inside a block
+    monkeypatch.setattr(segments_module, "CHUNK", 1300)  # a chunk ends inside a block
     shapes = [(3 * seg.BLOCK + 37,), (3, seg.BLOCK + 5), (2 * seg.BLOCK,)]
     params, grad = problem(shapes=shapes, steps=8, dtype=dtype)
     mine = [p.copy() for p in params]
@@ -428,7 +430,7 @@ def _step_peak(step) -> int:
 @pytest.mark.parametrize("mode", MULTI_PASS_MODES,
                          ids=[case_id(m[:2]) for m in MULTI_PASS_MODES])
 def test_multi_pass_step_allocates_nothing(mode, path, threshold, monkeypatch):
-    import fastmoments.kernels.segmented as seg
+    import fastmoments.kernels.segments as seg
 
     name, kwargs, switched = mode
     monkeypatch.setattr(seg, "CHUNK", 8)  # hundreds of chunks, several per segment
@@ -465,7 +467,8 @@ def test_multi_pass_step_allocates_nothing(mode, path, threshold, monkeypatch):
 
 
 def test_segmented_cpu_loops_allocate_nothing():
-    kernels = [k for k in vars(multipass).values() if isinstance(k, SegmentedKernel)]
+    kernels = [k for module in (multipass, lamb, ndadam, swats)
+               for k in vars(module).values() if isinstance(k, SegmentedKernel)]
     assert len(kernels) >= 10
     for kernel in kernels:
         for parallel in (False, True):
@@ -483,7 +486,7 @@ def test_segmented_cpu_loops_allocate_nothing():
 def test_segmented_sums_do_not_depend_on_the_thread_count(monkeypatch):
     import numba
 
-    import fastmoments.kernels.segmented as seg
+    import fastmoments.kernels.segments as seg
 
     monkeypatch.setattr(seg, "CHUNK", 8)
     params, grad = problem(shapes=[(40, 36), (50,), (5, 4, 3)], steps=6)
@@ -815,7 +818,7 @@ def test_long_runs_match_reference(case):
     ([(1, 5, 1), (1, 6, 1)], 4),  # fewer chunks than threads
 ])
 def test_parallel_groups_share_the_elements_evenly(layouts, threads, monkeypatch):
-    import fastmoments.kernels.segmented as seg
+    import fastmoments.kernels.segments as seg
 
     monkeypatch.setattr(seg, "get_num_threads", lambda: threads)
     sizes = [outer * length * inner for outer, length, inner in layouts]

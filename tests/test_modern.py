@@ -1,8 +1,9 @@
-"""ADOPT, AdEMAMix, Schedule-Free AdamW / SGD and Adan (fastmoments.optim.modern), with and
-without ``cautious=True``, and Adam, AdamW and Lion with ``cautious=True`` (C-AdamW, C-Lion):
-against the plain-NumPy references of tests/reference_modern.py,
-pytorch-optimizer 4.1 and the ``schedulefree`` package (float64), across the list /
-FlatParams / param-group paths, and CPU against CUDA under numba's simulator."""
+"""ADOPT, AdEMAMix, Adan (fastmoments.optim.modern) and Schedule-Free AdamW / SGD
+(fastmoments.optim.schedulefree), with and without ``cautious=True``, and Adam, AdamW and
+Lion with ``cautious=True`` (C-AdamW, C-Lion): against the plain-NumPy references of
+tests/reference_modern.py, pytorch-optimizer 4.1 and the ``schedulefree`` package (float64),
+across the list / FlatParams / param-group paths, and CPU against CUDA under numba's
+simulator."""
 
 from __future__ import annotations
 

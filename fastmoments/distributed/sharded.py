@@ -14,79 +14,42 @@ Each rank keeps the optimizer state of its shard only (ZeRO stage 1). Decisions 
 need the whole model (the global gradient norm for ``max_grad_norm`` and
 ``nonfinite``; LAMB's per-tensor norms, ND-Adam's per-vector sums, SWATS's dot
 products) are taken from sums over the ranks that every rank computes alike.
+
+The step is here; the shard layout and the checks the ranks agree on are in
+:mod:`.layout`, the sums over the ranks (global norm, per-segment totals) in
+:mod:`._reductions`, the consolidated state dict and checkpoints in :mod:`._checkpoints`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
-from .. import checkpoint
-from ..config import config
-from ..flat import FlatParams
-from ..kernels import host
 from ..kernels.elementwise import Kernel
-from ..kernels.segmented import Parts
 from ..optim._checks import check_optional_positive, is_number
 from ..optim._scalars import clip_coefficient
-from ..optim._state import copy_into, plan_load
 from ..optim.base import Optimizer
 from ..optim.multipass import build_sharded
-from ._agree import check_same, describe, together
+from ._agree import check_same, together
+from ._checkpoints import _Checkpoints
+from ._reductions import _Reductions
 from .comm import as_communicator
+from .layout import (
+    _NONFINITE_POLICIES,
+    _OWNER,
+    _arguments,
+    _cut,
+    _Shard,
+    shard_ranges,
+    shard_sizes,
+)
 
 __all__ = ["ShardedOptimizer", "shard_sizes", "shard_ranges"]
 
-_OWNER = "ShardedOptimizer"
-_NONFINITE_POLICIES = ("apply", "skip", "raise")
 
-
-def shard_sizes(numel: int, world_size: int) -> list[int]:
-    """The number of elements of each rank's shard of a buffer of ``numel`` elements.
-
-    DeepSpeed's split: ``numel // world_size`` each, and one more for each of the first
-    ``numel % world_size`` ranks; a rank gets an empty shard when there are more ranks
-    than elements.
-
-    Examples
-    --------
-    >>> shard_sizes(10, 3), shard_sizes(2, 3)
-    ([4, 3, 3], [1, 1, 0])
-    """
-    if world_size < 1 or numel < 0:
-        raise ValueError(f"shard_sizes: expected numel >= 0 and world_size >= 1, got "
-                         f"{numel} and {world_size}")
-    base, extra = divmod(int(numel), int(world_size))
-    return [base + (1 if r < extra else 0) for r in range(world_size)]
-
-
-def shard_ranges(numel: int, world_size: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each rank's shard (see :func:`shard_sizes`), in rank order."""
-    stops = np.cumsum(shard_sizes(numel, world_size))
-    return [(int(stop - size), int(stop))
-            for stop, size in zip(stops, shard_sizes(numel, world_size))]
-
-
-class _Shard:
-    """One param group's FlatParams and this rank's part of it."""
-
-    __slots__ = ("flat", "extra", "counts", "start", "stop", "grad", "pieces", "grads",
-                 "parts")
-
-    def __init__(self, flat: FlatParams, extra: dict[str, Any], rank: int, size: int) -> None:
-        self.flat, self.extra = flat, extra
-        self.counts = shard_sizes(flat.numel, size)
-        self.start, self.stop = shard_ranges(flat.numel, size)[rank]
-        self.grad: Any = None  # the shard's summed gradient
-        self.pieces: list[Any] = []  # the params the local optimizer steps
-        self.grads: list[Any] = []  # their gradients (views of ``grad``)
-        self.parts: tuple | None = None  # (shapes, Parts) for a multi-pass rule
-
-
-class ShardedOptimizer:
+class ShardedOptimizer(_Checkpoints, _Reductions):
     r"""A fastmoments optimizer stepped by many processes, its state sharded (ZeRO-1).
 
     .. code-block:: python
@@ -167,7 +130,8 @@ class ShardedOptimizer:
         options = {"nonfinite": nonfinite, "max_grad_norm": max_grad_norm,
                    "clip_value": clip_value}
         groups, fingerprints = together(
-            self.comm, _OWNER, lambda: self._arguments(optimizer, params, shard, options, hyper))
+            self.comm, _OWNER,
+            lambda: _arguments(self.world_size, optimizer, params, shard, options, hyper))
         check_same(_OWNER, fingerprints)
         self.sharded = bool(shard)
         self._cls = optimizer
@@ -188,41 +152,6 @@ class ShardedOptimizer:
         self._norm_buffer = np.zeros(self.world_size)
 
     # ------------------------------------------------------------ construction
-    def _arguments(self, optimizer: Any, params: Any, shard: Any, options: dict,
-                   hyper: dict) -> tuple[list[tuple[FlatParams, dict]], list]:
-        """This rank's arguments, checked, and their fingerprint (compared across ranks)."""
-        if not (isinstance(optimizer, type) and issubclass(optimizer, Optimizer)):
-            raise TypeError(f"optimizer: expected a fastmoments optimizer class (e.g. "
-                            f"fm.AdamW), got {optimizer!r}")
-        if not isinstance(shard, bool):
-            raise TypeError(f"shard: expected True or False, got {shard!r}")
-        if options["nonfinite"] not in _NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {_NONFINITE_POLICIES}, got "
-                             f"{options['nonfinite']!r}")
-        for name in ("max_grad_norm", "clip_value"):
-            check_optional_positive(options[name], name, _OWNER)
-        groups = _flat_groups(params)
-        from .. import __version__
-
-        fingerprint: list[tuple[str, Any]] = [
-            ("the fastmoments version", __version__),
-            ("the optimizer", f"{optimizer.__module__}.{optimizer.__qualname__}"),
-            ("shard", shard), ("the number of ranks", self.world_size),
-            *((name, describe(value)) for name, value in options.items()),
-            *((f"hyperparameter {name!r}", describe(value))
-              for name, value in sorted(hyper.items())),
-        ]
-        for k, (flat, extra) in enumerate(groups):
-            where = f"param group {k}"
-            fingerprint += [
-                (f"{where}: the shapes", tuple(flat.shapes)),
-                (f"{where}: the dtype", str(flat.dtype)),
-                (f"{where}: the device", flat.device),
-                *((f"{where}: {name!r}", describe(value))
-                  for name, value in sorted(extra.items())),
-            ]
-        return groups, fingerprint
-
     def _build(self, cls: type[Optimizer], hyper: dict, options: dict) -> Optimizer:
         """This rank's optimizer: over the whole buffers, or over this rank's shards."""
         if not self.sharded:
@@ -410,312 +339,7 @@ class ShardedOptimizer:
         for s in self._shards:
             self.comm.allgather(s.flat.data, s.counts)
 
-    def _global_norm(self, scale: float) -> float:
-        """The norm of the mean gradient, from the ranks' sums of squares added in rank
-        order (the same bits on every rank)."""
-        total = self._sum_over_ranks(sum(_sum_squares(s.grad) for s in self._shards))
-        if math.isfinite(total):
-            return math.sqrt(total) / scale
-        if math.isnan(total):
-            return total
-        # an Inf gradient, or finite float64 ones whose squares overflow: scale by the
-        # largest magnitude on any rank first
-        peak = self._max_over_ranks(max(_peak(s.grad) for s in self._shards))
-        if not math.isfinite(peak) or peak == 0.0:
-            return peak
-        total = self._sum_over_ranks(sum(_scaled_squares(s.grad, peak) for s in self._shards))
-        return peak * math.sqrt(total) / scale
-
-    def _gathered(self, value: float) -> np.ndarray:
-        buffer = self._norm_buffer
-        buffer.fill(0.0)
-        buffer[self.rank] = value
-        if self.world_size > 1:
-            self.comm.allgather(buffer, [1] * self.world_size)
-        return buffer
-
-    def _sum_over_ranks(self, value: float) -> float:
-        total = 0.0
-        for x in self._gathered(value):
-            total += float(x)
-        return total
-
-    def _max_over_ranks(self, value: float) -> float:
-        return float(np.max(self._gathered(value)))
-
-    def _reduce_totals(self, totals: np.ndarray) -> None:
-        """The multi-pass rules' hook: a pass's per-segment totals summed over the ranks."""
-        if self.world_size == 1:
-            return
-        if totals.flags.c_contiguous:
-            self.comm.allreduce(totals)
-        else:
-            contiguous = np.ascontiguousarray(totals)
-            self.comm.allreduce(contiguous)
-            totals[...] = contiguous
-
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self, *, root: int | None = 0) -> dict[str, Any] | None:
-        """The consolidated state: one process's :meth:`~fastmoments.Adam.state_dict`.
-
-        Collective. The shards of every state buffer are gathered into whole buffers,
-        so the dict is the one a single-process optimizer over the same FlatParams
-        would give, and it loads into one (or into a ShardedOptimizer at any number of
-        ranks).
-
-        Parameters
-        ----------
-        root
-            The rank that receives it (the others get ``None``); ``None``: every rank.
-        """
-        self._check_root(root)
-        local = self.optimizer.state_dict()
-        mine = root is None or self.rank == root
-        if not self.sharded:
-            return local if mine else None
-        state = [{name: self._gathered_buffer(s, buf, root) for name, buf in buffers.items()}
-                 for s, buffers in zip(self._shards, local["state"])]
-        if not mine:
-            return None
-        groups = [dict(hyper, num_params=len(s.flat.params), numel=s.flat.numel)
-                  for s, hyper in zip(self._shards, local["param_groups"])]
-        return {**local, "param_groups": groups, "state": state}
-
-    def load_state_dict(self, state_dict: dict[str, Any] | None, *, root: int = 0) -> None:
-        """Load a consolidated state dict (from :meth:`state_dict`, or from a
-        single-process optimizer of the same class over FlatParams of the same shapes).
-
-        Collective. Only rank ``root``'s ``state_dict`` is read (the others may pass
-        ``None``); each rank receives its shards. Everything is checked before anything
-        changes, and a refusal raises the same error on every rank.
-        """
-        self._check_root(root)
-        meta, _ = together(self.comm, _OWNER, lambda: (
-            self._check_consolidated(state_dict) if self.rank == root else None, None))
-        meta = self._from_root(meta, root)
-        state = []
-        for s, names in zip(self._shards, meta["state_names"]):
-            k = len(state)
-            state.append({
-                name: self._scattered_buffer(
-                    s, state_dict["state"][k][name] if self.rank == root else None, root)
-                for name in names})
-        groups = [dict(hyper, num_params=len(group.params), numel=group.numel)
-                  for group, hyper in zip(self.optimizer._groups, meta["param_groups"])]
-        local = {key: meta[key] for key in ("format_version", "optimizer", "step_count",
-                                            "host_state")}
-        local.update(param_groups=groups, state=state)
-        together(self.comm, _OWNER, lambda: (plan_load(self.optimizer, local), None))
-        self.optimizer.load_state_dict(local)
-
-    def save(self, path: str | os.PathLike[str], *, params: bool = True) -> None:
-        """Write one consolidated checkpoint, in the single-process format, from rank 0.
-
-        Collective. The state is gathered on rank 0, which writes ``path`` atomically
-        as :func:`fastmoments.checkpoint.save` does (with the parameters, by default);
-        an error there is raised on every rank.
-        """
-        sd = self.state_dict(root=0)
-
-        def write() -> tuple[None, None]:
-            if self.rank == 0:
-                arrays = [p for s in self._shards for p in s.flat.params] if params else None
-                checkpoint.write_atomic(path, checkpoint.to_arrays(
-                    sd, self.skipped_steps, arrays, self._cls.__name__))
-            return None, None
-
-        together(self.comm, _OWNER, write)
-
-    def load(self, path: str | os.PathLike[str], *, params: bool = True) -> None:
-        """Restore a checkpoint written by :meth:`save` at any number of ranks, or by a
-        single-process optimizer's ``save``.
-
-        Collective. Rank 0 reads ``path`` (only its file system needs it) and sends each
-        rank its shards; the parameters are broadcast. Raises ``CheckpointError`` on
-        every rank, changing nothing, when the file does not fit.
-        """
-        owner = self._cls.__name__
-        where = f"{_OWNER}({owner}).load({os.fspath(path)!r})"
-        flats = [s.flat for s in self._shards]
-
-        def read() -> tuple[Any, None]:
-            if self.rank != 0:
-                return None, None
-            return checkpoint.read(path, owner, [(f.numel, f.dtype) for f in flats],
-                                   [p for f in flats for p in f.params], params), None
-
-        found, _ = together(self.comm, _OWNER, read)
-        sd, skipped, entries = found if self.rank == 0 else (None, None, None)
-        try:
-            self.load_state_dict(sd, root=0)
-        except (TypeError, ValueError) as exc:
-            raise checkpoint.CheckpointError(f"{where}: {exc}") from None
-        self.skipped_steps = self._from_root(skipped, 0)
-        if not self.sharded:
-            self.optimizer.skipped_steps = self.skipped_steps
-        if self._from_root(bool(entries), 0):
-            index = 0
-            for flat in flats:
-                if self.rank == 0:
-                    for j, p in enumerate(flat.params):
-                        copy_into(p, entries[f"param.{index + j}"])
-                index += len(flat.params)
-                self.comm.bcast(flat.data, 0)
-
-    def _check_root(self, root: int | None) -> None:
-        if root is not None and not (isinstance(root, int) and 0 <= root < self.world_size):
-            raise ValueError(f"root: expected a rank in [0, {self.world_size}), got {root!r}")
-
-    def _check_consolidated(self, sd: Any) -> dict[str, Any]:
-        """Rank ``root``: the sizes of a consolidated state dict, checked against the
-        FlatParams; returns what every rank needs besides the buffers."""
-        if not isinstance(sd, dict):
-            raise TypeError(f"state_dict: expected a dict, got {type(sd).__name__}")
-        missing = {"format_version", "optimizer", "step_count", "param_groups", "state",
-                   "host_state"} - set(sd)
-        if missing:
-            raise ValueError(f"state_dict: missing keys {sorted(missing)}")
-        for key in ("param_groups", "state", "host_state"):
-            if not isinstance(sd[key], (list, tuple)) or not all(
-                isinstance(x, dict) for x in sd[key]
-            ):
-                raise TypeError(f"state_dict: {key} should be a list of dicts, one per group")
-            if len(sd[key]) != len(self._shards):
-                raise ValueError(f"state_dict: has {len(sd[key])} param groups, the optimizer "
-                                 f"has {len(self._shards)}")
-        for k, (s, hyper, buffers) in enumerate(zip(self._shards, sd["param_groups"],
-                                                    sd["state"])):
-            flat = s.flat
-            if hyper.get("num_params") != len(flat.params) or hyper.get("numel") != flat.numel:
-                raise ValueError(
-                    f"state_dict: param_groups[{k}]: has {hyper.get('num_params')} params / "
-                    f"{hyper.get('numel')} elements, the optimizer's group has "
-                    f"{len(flat.params)} / {flat.numel}")
-            for name, a in buffers.items():
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"state_dict: state[{k}][{name!r}] is not a NumPy array")
-                if a.shape != (flat.numel,) or a.dtype != flat.dtype:
-                    raise ValueError(
-                        f"state_dict: state[{k}][{name!r}] has shape {a.shape} and dtype "
-                        f"{a.dtype}, expected ({flat.numel},) and {flat.dtype}")
-        return {"format_version": sd["format_version"], "optimizer": sd["optimizer"],
-                "step_count": sd["step_count"], "param_groups": [dict(g) for g in
-                                                                 sd["param_groups"]],
-                "host_state": [dict(h) for h in sd["host_state"]],
-                "state_names": [list(buffers) for buffers in sd["state"]]}
-
-    def _from_root(self, value: Any, root: int) -> Any:
-        return self.comm.allgather_object(value if self.rank == root else None)[root]
-
-    def _gathered_buffer(self, s: _Shard, local: np.ndarray, root: int | None
-                         ) -> np.ndarray | None:
-        """The whole buffer from every rank's shard, on ``root`` (None: everywhere)."""
-        if self.world_size == 1:
-            return local
-        if root is None:
-            whole = np.empty(s.flat.numel, dtype=local.dtype)
-            whole[s.start:s.stop] = local
-            self.comm.allgather(whole, s.counts)
-            return whole
-        whole = np.empty(s.flat.numel, dtype=local.dtype) if self.rank == root else None
-        self.comm.gather(np.ascontiguousarray(local), whole, s.counts, root)
-        return whole
-
-    def _scattered_buffer(self, s: _Shard, whole: np.ndarray | None, root: int) -> np.ndarray:
-        """This rank's part of ``root``'s buffer ``whole``: its shard, or all of it."""
-        dtype = s.flat.dtype
-        if not self.sharded:
-            out = (np.array(whole, dtype=dtype) if self.rank == root
-                   else np.empty(s.flat.numel, dtype=dtype))
-            if self.world_size > 1:
-                self.comm.bcast(out, root)
-            return out
-        out = np.empty(s.stop - s.start, dtype=dtype)
-        send = np.ascontiguousarray(whole) if self.rank == root else None
-        if self.world_size == 1:
-            out[...] = send
-        else:
-            self.comm.scatter(send, out, s.counts, root)
-        return out
-
     def __repr__(self) -> str:
         mode = "sharded" if self.sharded else "replicated"
         return (f"ShardedOptimizer({self._cls.__name__}, rank {self.rank} of "
                 f"{self.world_size}, {mode}, shards={self.shards})")
-
-
-def _flat_groups(params: Any) -> list[tuple[FlatParams, dict[str, Any]]]:
-    """``params`` as (FlatParams, the group's other keys) pairs."""
-    hint = ("a FlatParams or a list of param-group dicts whose 'params' is a FlatParams "
-            "(pack the arrays with fm.FlatParams: a shard is a contiguous run of one buffer)")
-    if isinstance(params, FlatParams):
-        return [(params, {})]
-    if isinstance(params, dict):
-        params = [params]
-    if not isinstance(params, (list, tuple)) or not params:
-        raise TypeError(f"params: expected {hint}, got {type(params).__name__}")
-    groups = []
-    for k, group in enumerate(params):
-        if not isinstance(group, dict) or not isinstance(group.get("params"), FlatParams):
-            raise TypeError(f"params[{k}]: expected {hint}, got "
-                            f"{type(group).__name__}"
-                            + (f" with {type(group.get('params')).__name__} params"
-                               if isinstance(group, dict) else ""))
-        groups.append((group["params"], {key: v for key, v in group.items() if key != "params"}))
-    if len({id(flat) for flat, _ in groups}) != len(groups):
-        raise ValueError("params: a FlatParams appears in two param groups")
-    return groups
-
-
-def _cut(s: _Shard, world_size: int, pieces: bool) -> None:
-    """The params a rank's optimizer steps: its shard of the buffer, one array (an
-    element-wise rule), or cut at the tensors' edges (a multi-pass rule, with the
-    ``Parts`` that say which part of which tensor each piece is)."""
-    flat, start, stop = s.flat, s.start, s.stop
-    if world_size == 1:
-        s.grad = flat.grad  # nothing to sum: step on the gradient buffer itself
-    elif flat.device == "cuda":
-        from ..kernels import cuda as _gpu
-
-        s.grad = _gpu.full(stop - start, 0.0, flat.dtype)
-    else:
-        s.grad = np.zeros(stop - start, dtype=flat.dtype)
-    if not pieces:
-        s.pieces, s.grads = [flat.data[start:stop]], [s.grad[: stop - start]]
-        return
-    offsets = flat.offsets
-    tensors, starts = [], []
-    for j in range(len(flat.shapes)):
-        lo, hi = max(start, int(offsets[j])), min(stop, int(offsets[j + 1]))
-        if hi > lo:
-            s.pieces.append(flat.data[lo:hi])
-            s.grads.append(s.grad[lo - start: hi - start])
-            tensors.append(j)
-            starts.append(lo - int(offsets[j]))
-    if not s.pieces:  # an empty shard: one empty piece, in no tensor's window
-        s.pieces, s.grads = [flat.data[start:start]], [s.grad[0:0]]
-        tensors, starts = [0], [0]
-    s.parts = (list(flat.shapes), Parts(np.array(tensors, dtype=np.int64),
-                                        np.array(starts, dtype=np.int64)))
-
-
-def _sum_squares(buffer: Any) -> float:
-    if isinstance(buffer, np.ndarray):
-        return host.sum_squares(buffer, buffer.shape[0] >= config.parallel_threshold)
-    from ..kernels import cuda as _gpu
-
-    return _gpu.sum_squares([buffer])
-
-
-def _host(buffer: Any) -> np.ndarray:
-    return buffer if isinstance(buffer, np.ndarray) else buffer.copy_to_host()
-
-
-def _peak(buffer: Any) -> float:
-    a = _host(buffer)
-    return float(np.max(np.abs(a))) if a.size else 0.0
-
-
-def _scaled_squares(buffer: Any, peak: float) -> float:
-    scaled = _host(buffer).astype(np.float64) / peak
-    return float(np.dot(scaled, scaled))

@@ -253,13 +253,31 @@ def _void_pointer(typingctx, address):
     return sig, codegen
 
 
+def _source_files(here: str, name: str) -> list[str]:
+    """The files that ``name`` stands for: a module file, or every ``.py`` file of a
+    package folder (``"rules"``, its subfolders included), in a fixed order."""
+    path = os.path.join(here, name)
+    if os.path.isdir(path):
+        return sorted(os.path.join(root, file)
+                      for root, _, files in os.walk(path) for file in files
+                      if file.endswith(".py"))
+    return [path]
+
+
 def source_hash(*names: str) -> str:
-    """A short hash of this package's source files ``names`` (for generated-code names)."""
+    """A short hash of this package's source files ``names`` (for generated-code names).
+
+    A name may be a package folder (``"rules"``): every ``.py`` file in it is hashed,
+    with its name, so that editing any of them gives new names.
+    """
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
     for name in names:
-        with open(os.path.join(here, name), "rb") as handle:
-            digest.update(handle.read())
+        for path in _source_files(here, name):
+            if path != os.path.join(here, name):  # a file of a package: its name too
+                digest.update(os.path.relpath(path, here).replace(os.sep, "/").encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
     return digest.hexdigest()[:10]
 
 

@@ -70,7 +70,7 @@ _CONSTANTS = {name: np.float32(value) for name, value in NEUTRAL.items()}
 _CONSTANTS["eps_root"] = np.float32(-0.0)
 
 
-_SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules.py", "precision.py",
+_SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules", "precision.py",
                            "quantized.py")
 
 

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..kernels.elementwise import Kernel, named_scalars
-from ..kernels.segmented import SegmentedKernel, workspace
-from ..kernels.segmented import run as run_pass
+from ..kernels.segmented import SegmentedKernel
+from ..kernels.segmented_run import run as run_pass
+from ..kernels.segmented_run import workspace
 from ._dispatch import run as run_elementwise
 from ._groups import Group
 from .base import Optimizer
