@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import pathlib
+import textwrap
 
 import numpy as np
 import pytest
@@ -89,20 +90,65 @@ def test_the_short_path_is_built_with_its_declared_fields():
     opt = fm.Adam(flat, lr=1e-3)
     opt.step()
     short = opt._short_path
-    assert isinstance(short, ShortPath)
-    assert short.group is opt._groups[0] and short.flat and short.named is short.group.kernel.named
+    assert type(short) is tuple  # a plain tuple: CPython's fast unpacking applies
+    fields = ShortPath(*short)
+    assert fields.group is opt._groups[0] and fields.flat
+    assert fields.named is fields.group.kernel.named
     opt.max_grad_norm = 1.0  # an option change forgets every plan
     assert opt._short_path is None and opt._packed_scalars is None
+
+
+def test_step_unpacks_the_short_path_in_its_declared_order():
+    """``step()`` unpacks the short path positionally: its targets are ShortPath's fields."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Optimizer.step)))
+    unpacks = [node for node in ast.walk(tree) if isinstance(node, ast.Assign)
+               and isinstance(node.value, ast.Name) and node.value.id == "short"
+               and isinstance(node.targets[0], ast.Tuple)]
+    assert len(unpacks) == 1
+    names = tuple(t.id for t in unpacks[0].targets[0].elts)
+    assert names == ShortPath._fields
+
+
+def test_short_path_with_a_scalar_beyond_float32():
+    """A step scalar beyond float32's range (lr=1e39) packs as inf on the short path as
+    on the full one, instead of failing."""
+    runs = []
+    for forget in (False, True):
+        flat = fm.FlatParams([np.linspace(-1, 1, 8, dtype=np.float32)])
+        flat.grad[:] = 0.5
+        opt = fm.SGD(flat, lr=1e39)
+        for _ in range(3):
+            if forget:
+                opt._forget_plans()  # the full path every step
+            else:  # steps 2 and 3 take the short path
+                assert (opt._short_path is None) == (opt.step_count == 0)
+            with np.errstate(all="ignore"):
+                opt.step()
+        runs.append(flat.data.tobytes())
+    assert runs[0] == runs[1]
 
 
 # ------------------------------------------------ rule names vs the templates
 def _package_kernels() -> list:
     """Every Kernel and SegmentedKernel the optimizer modules build at import."""
     from fastmoments.kernels.segmented import SegmentedKernel
-    from fastmoments.optim import _cautious, elementwise, modern, multipass
+    from fastmoments.optim import (
+        _cautious,
+        adam,
+        adam_variants,
+        adaptive,
+        lamb,
+        modern,
+        multipass,
+        ndadam,
+        schedulefree,
+        sgd,
+        swats,
+    )
 
     found = []
-    for module in (elementwise, modern, multipass):
+    for module in (sgd, adaptive, adam, adam_variants, modern, schedulefree, multipass, lamb,
+                   ndadam, swats):
         for value in vars(module).values():
             for item in value.values() if isinstance(value, dict) else (value,):
                 if isinstance(item, _cautious.Cautious):
@@ -230,3 +276,13 @@ def test_the_cycle_check_finds_a_cycle_made_inside_functions(tmp_path):
     (package / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
     (package / "sub" / "b.py").write_text("from ..a import f\n")
     assert _find_cycle(package) == ["pkg.a", "pkg.sub.b", "pkg.a"]
+
+
+def test_a_misnamed_scalar_in_a_class_raises_on_the_first_step():
+    class Broken(fm.SGD):
+        def _scalars(self, hyper, lr, step, host, named):
+            return named(weight_decay=hyper["weight_decay"], learning_rate=lr)
+
+    opt = Broken([np.ones(3)], lr=0.1)
+    with pytest.raises(TypeError, match="learning_rate"):
+        opt.step([np.ones(3)])

@@ -30,6 +30,7 @@ from ._checks import (
     is_number,
     lr_at,
 )
+from ._dispatch import pack as pack_scalars
 from ._dispatch import run
 from ._grads import collect, global_norm, record_host_grads
 from ._groups import Group, ParamGroup, as_group_dicts, check_no_aliasing, full
@@ -43,9 +44,13 @@ _LONE_SOURCES = (None,)  # step()'s sources for one group of host arrays (the li
 
 
 class ShortPath(NamedTuple):
-    """What ``step()`` repeats when nothing it decided can have changed since the last
-    step (see :meth:`Optimizer._build_short_path`); a plain tuple underneath, unpacked
-    in one go by ``step()``.
+    """The fields of what ``step()`` repeats when nothing it decided can have changed
+    since the last step (see :meth:`Optimizer._build_short_path`), declared once.
+
+    The optimizer keeps them as a plain tuple (``tuple(ShortPath(...))``): CPython's
+    fast paths for indexing and unpacking apply to exact tuples only, and a 10-element
+    step is a microsecond. ``step()`` unpacks them in this order (a test compares its
+    assignment with these names).
     """
 
     flat: bool  # gradients from the FlatParams' own buffer (step()); else a list
@@ -136,7 +141,7 @@ class Optimizer:
         # (None: pack them); a rule whose scalars stay the same step after step (SGD,
         # Adagrad, RMSprop, ... with a constant lr) then skips the packing
         self._packed_scalars: tuple | None = None
-        self._short_path: ShortPath | None = None
+        self._short_path: tuple | None = None  # a ShortPath as a plain tuple
         for group in self._groups:
             self._prepare(group, fresh=True)
 
@@ -405,7 +410,7 @@ class Optimizer:
                     try:
                         pack(group.scalar_bytes, 0, grad_mult, _INF, *rule_scalars)
                     except OverflowError:
-                        pack(group, (grad_mult, _INF) + rule_scalars)
+                        pack_scalars(group, (grad_mult, _INF) + rule_scalars)
                     self._packed_scalars = rule_scalars
                 callee(*arguments)
                 # last_step_skipped and last_grad_norm stay False and None: the step
@@ -483,7 +488,7 @@ class Optimizer:
         :func:`._grads.collect`); nothing is changed when this raises."""
         return collect(self._groups, grads, self._num_params, self._flat_grads)
 
-    def _build_short_path(self) -> ShortPath | None:
+    def _build_short_path(self) -> tuple | None:
         """What step()'s short path needs to repeat the step just taken, or None.
 
         A step over the only group, on the CPU, with no norm to compute, no clipping
@@ -502,8 +507,10 @@ class Optimizer:
         grad_mult = -1.0 if group.values["maximize"] else 1.0
         # no bound method of the optimizer here: it would make the optimizer reference
         # itself, and only the cyclic GC would free its state
-        return ShortPath(group.flat is not None, group, config.parallel_threshold, group.pack,
-                         grad_mult, call[1], call[3], self._scalars_repeat, group.kernel.named)
+        return tuple(ShortPath(
+            flat=group.flat is not None, group=group, threshold=config.parallel_threshold,
+            pack=group.pack, grad_mult=grad_mult, callee=call[1], arguments=call[3],
+            repeats=self._scalars_repeat, named=group.kernel.named))
 
     #: ``_dispatch.run`` (a subclass with passes of its own overrides it)
     _run = staticmethod(run)
