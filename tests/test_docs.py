@@ -45,7 +45,7 @@ OUTPUT = re.compile(r"[ \t]*\n(?:[ \t]*\n)*( *)```text\n(.*?)^\1```", re.S | re.
 SHOWN = "# ->"  # ends a line: what the line prints
 
 #: what the code of a page needs beyond fastmoments (pages not listed need nothing)
-NEEDS = {"from-torch.md": "torch", "cuda.md": "cuda"}
+NEEDS = {"from-torch.md": "torch", "torch.md": "torch", "cuda.md": "cuda"}
 
 
 def _blocks_and_output(text: str) -> list[tuple[str, int, str | None]]:
