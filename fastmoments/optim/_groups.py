@@ -13,7 +13,7 @@ from ..kernels.elementwise import Kernel
 from ..kernels.precision import bfloat16_dtype
 
 __all__ = ["ParamGroup", "ParamList", "Group", "as_group_dicts", "check_no_aliasing", "full",
-           "UNDECIDED"]
+           "UNDECIDED", "state_buffers"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: 16-bit parameter dtypes (host arrays; computed in float32, see optim._precision)
@@ -250,3 +250,14 @@ def full(group: Group, value: float) -> Any:
 
         return _gpu.full(group.numel, value, group.dtype)
     return np.full(group.numel, value, dtype=group.dtype)
+
+
+def state_buffers(group: Group, names: tuple[str, ...], init: dict[str, float], fresh: bool,
+                  allocate: Any = None) -> dict[str, Any]:
+    """The group's state buffers for ``names``: the ones it has (unless ``fresh``), new ones
+    filled with their initial value (``init``, default 0) by ``allocate(group, value)``
+    (default :func:`full`)."""
+    allocate = full if allocate is None else allocate
+    old = group.state
+    return {name: old[name] if not fresh and name in old else allocate(group, init.get(name, 0.0))
+            for name in names}

@@ -26,7 +26,7 @@ from ..kernels import quantized as _quantized
 from ..kernels.elementwise import Kernel
 from ._dispatch import _plain_variant, pack
 from ._dispatch import run as _run_plain
-from ._groups import Group
+from ._groups import Group, state_buffers
 
 __all__ = ["MASTER", "attach", "prepare", "allocate", "run", "sync_counter", "stored_dtype",
            "stored_layout", "decode_state", "encode_state"]
@@ -131,12 +131,7 @@ def prepare(group: Group, kernel: Kernel, init: dict[str, float], fresh: bool) -
     if precision.state == "int8":
         return _prepare_int8(group, kernel, init, fresh)
     old = group.state
-    state = {}
-    for name in kernel.state_names:
-        if not fresh and name in old:
-            state[name] = old[name]
-        else:
-            state[name] = allocate(group, init.get(name, 0.0))
+    state = state_buffers(group, kernel.state_names, init, fresh, allocate)
     extras: tuple = ()
     if precision.master:
         master = old.get(MASTER) if not fresh else None

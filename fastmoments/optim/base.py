@@ -33,7 +33,7 @@ from ._checks import (
 from ._dispatch import pack as pack_scalars
 from ._dispatch import run
 from ._grads import collect, global_norm, record_host_grads
-from ._groups import Group, ParamGroup, as_group_dicts, check_no_aliasing, full
+from ._groups import Group, ParamGroup, as_group_dicts, check_no_aliasing, state_buffers
 from ._scalars import clip_coefficient
 
 __all__ = ["Optimizer", "ShortPath"]
@@ -217,13 +217,7 @@ class Optimizer:
         if group.precision is not None:  # buffers stored in fewer bits (see _precision)
             kernel = _precision.prepare(group, kernel, init, fresh)
         else:
-            old = group.state
-            state = {}
-            for name in kernel.state_names:
-                if not fresh and name in old:
-                    state[name] = old[name]
-                else:
-                    state[name] = full(group, init.get(name, 0.0))
+            state = state_buffers(group, kernel.state_names, init, fresh)
             group.state = state
             group.states = tuple(state.values())
         group.kernel = kernel
