@@ -635,3 +635,18 @@ def test_int8_refusals():
         fm.Adam([np.zeros(3, BF16)], state_dtype="int8")
     with pytest.raises(ValueError, match="int8' has no CUDA kernel"):
         fm.Adam([cuda.to_device(np.zeros(3, np.float32))], state_dtype="int8")
+
+
+def test_without_ml_dtypes_float64_parameters_keep_the_plain_path(monkeypatch):
+    """Without ml_dtypes there is no bfloat16 dtype: float64 parameters must not be taken
+    for it (NumPy says ``np.dtype('float64') == None``), as a plain install once did."""
+    from fastmoments.kernels import precision
+
+    monkeypatch.setattr(precision, "bfloat16_dtype", lambda: None)
+    for dtype in (np.float64, np.float32):
+        assert precision._param_kind(np.dtype(dtype)) == "same"
+        p = np.linspace(-1, 1, 7).astype(dtype)
+        opt = fm.SGD([p], lr=0.1, momentum=0.9)
+        assert opt._groups[0].precision is None and "_run" not in vars(opt)
+        opt.step([np.ones_like(p)])
+        assert np.allclose(p, np.linspace(-1, 1, 7) - 0.1)

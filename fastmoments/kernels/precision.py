@@ -379,7 +379,10 @@ def encode(values: np.ndarray, state_dtype: str) -> np.ndarray:
 def _param_kind(dtype: np.dtype) -> str:
     if dtype == np.float16:
         return "f16"
-    if dtype == bfloat16_dtype():
+    bfloat16 = bfloat16_dtype()
+    # not ``dtype == bfloat16_dtype()``: without ml_dtypes that is ``dtype == None``,
+    # which NumPy answers True for float64 (None means the default dtype)
+    if bfloat16 is not None and dtype == bfloat16:
         return "bf16"
     return "same"
 
