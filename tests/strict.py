@@ -15,8 +15,8 @@ import pytest
 
 # what `pip install -e ".[test]"` installs (pyproject.toml's test extra), by import name
 TEST_EXTRA_MODULES = frozenset({
-    "torch", "lion_pytorch", "adabelief_pytorch", "pytorch_optimizer", "schedulefree",
-    "mpi4py", "ml_dtypes", "scipy", "matplotlib", "hypothesis", "mkdocs", "numba_cuda",
+    "torch", "lion_pytorch", "adabelief_pytorch", "pytorch_optimizer", "schedulefree", "optax",
+    "jax", "mpi4py", "ml_dtypes", "scipy", "matplotlib", "hypothesis", "mkdocs", "numba_cuda",
 })
 
 

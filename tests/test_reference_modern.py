@@ -2,7 +2,7 @@
 
 Against pytorch-optimizer 4.1 (ADOPT, AdEMAMix, Adan, the cautious mask), the
 ``schedulefree`` package (Schedule-Free AdamW / SGD with the eval()/train()
-switch) and, where installed, optax 0.2.8, to 1e-9 relative wherever the math is
+switch) and optax 0.2.8, to 1e-9 relative wherever the math is
 the same.  Where a package's convention differs from the authors' code (which
 the references follow) the test either maps the package onto the authors'
 convention (ADOPT's clip step, AdEMAMix's decoupled decay, optax's 0-based
@@ -425,7 +425,7 @@ def test_schedule_free_uniform_average_by_hand():
 
 
 # --------------------------------------------------------------------------- #
-# optax 0.2.8 (optional)
+# optax 0.2.8 (the test extra installs it)
 # --------------------------------------------------------------------------- #
 @pytest.fixture(scope="module")
 def optax64():
