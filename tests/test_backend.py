@@ -90,9 +90,10 @@ def test_first_step_leaves_scipy_linalg_alone_and_blas_usable(tmp_path, before):
     # extension module alone, then BLAS must work as usual, in numba and in SciPy
     pytest.importorskip("scipy.linalg")
     code = _SCIPY_CHECK.format(before=before)
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "FASTMOMENTS_CACHE_DIR")}
     for cache in ("cold", "cached"):  # compile, then load from the on-disk cache
-        env["NUMBA_CACHE_DIR"] = str(tmp_path)
+        env["FASTMOMENTS_CACHE_DIR"] = str(tmp_path)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=env, timeout=300)
         assert out.returncode == 0, (cache, out.stderr)
@@ -214,7 +215,8 @@ def test_background_compile_of_parallel_loops(tmp_path):
     parallel one compiles in the background, later steps the parallel one, with the
     same results as compiling it in the step or staying serial; a fork and the exit
     wait for the compilation, so numba's lock is free in the child and the cache has it."""
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    # fastmoments' cache folder (FASTMOMENTS_CACHE_DIR wins over NUMBA_CACHE_DIR)
+    env = {**os.environ, "FASTMOMENTS_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", _BACKGROUND_CHECK], capture_output=True,
                          text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
