@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import checkpoint
-from ..optim._state import copy_into, plan_load
+from ..optim._state import check_form, copy_into, plan_load
 from ..optim.base import Optimizer
 from ._agree import together
 from .comm import Communicator
@@ -147,20 +147,7 @@ class _Checkpoints:
     def _check_consolidated(self, sd: Any) -> dict[str, Any]:
         """Rank ``root``: the sizes of a consolidated state dict, checked against the
         FlatParams; returns what every rank needs besides the buffers."""
-        if not isinstance(sd, dict):
-            raise TypeError(f"state_dict: expected a dict, got {type(sd).__name__}")
-        missing = {"format_version", "optimizer", "step_count", "param_groups", "state",
-                   "host_state"} - set(sd)
-        if missing:
-            raise ValueError(f"state_dict: missing keys {sorted(missing)}")
-        for key in ("param_groups", "state", "host_state"):
-            if not isinstance(sd[key], (list, tuple)) or not all(
-                isinstance(x, dict) for x in sd[key]
-            ):
-                raise TypeError(f"state_dict: {key} should be a list of dicts, one per group")
-            if len(sd[key]) != len(self._shards):
-                raise ValueError(f"state_dict: has {len(sd[key])} param groups, the optimizer "
-                                 f"has {len(self._shards)}")
+        check_form(sd, len(self._shards))
         for k, (s, hyper, buffers) in enumerate(zip(self._shards, sd["param_groups"],
                                                     sd["state"])):
             flat = s.flat

@@ -31,7 +31,8 @@ from ._checks import is_number, lr_at
 if TYPE_CHECKING:
     from .base import Optimizer
 
-__all__ = ["STATE_DICT_VERSION", "state_dict", "load_state_dict", "plan_load", "to_host",
+__all__ = ["STATE_DICT_VERSION", "state_dict", "load_state_dict", "check_form", "plan_load",
+           "to_host",
            "copy_into"]
 
 STATE_DICT_VERSION = 1
@@ -89,14 +90,28 @@ def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         _precision.sync_counter(group, opt.step_count)
 
 
-def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
-    owner = type(opt).__name__
+def check_form(sd: Any, num_groups: int) -> None:
+    """That ``sd`` has a state dict's keys and one dict per group in each per-group list
+    (``num_groups`` of them); the contents are checked by the caller."""
     if not isinstance(sd, dict):
         raise TypeError(f"state_dict: expected a dict, got {type(sd).__name__}")
     missing = {"format_version", "optimizer", "step_count", "param_groups", "state",
                "host_state"} - set(sd)
     if missing:
         raise ValueError(f"state_dict: missing keys {sorted(missing)}")
+    for key in ("param_groups", "state", "host_state"):
+        if not isinstance(sd[key], (list, tuple)) or not all(
+            isinstance(x, dict) for x in sd[key]
+        ):
+            raise TypeError(f"state_dict: {key} should be a list of dicts, one per group")
+        if len(sd[key]) != num_groups:
+            raise ValueError(f"state_dict: has {len(sd[key])} param groups, the optimizer "
+                             f"has {num_groups}")
+
+
+def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
+    owner = type(opt).__name__
+    check_form(sd, len(opt._groups))
     if sd["format_version"] != STATE_DICT_VERSION:
         raise ValueError(
             f"state_dict: format_version {sd['format_version']!r} is not supported "
@@ -107,17 +122,6 @@ def plan_load(opt: Optimizer, sd: dict[str, Any]) -> list:
     step = sd["step_count"]
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
         raise ValueError(f"state_dict: step_count must be an integer >= 0, got {step!r}")
-    for key in ("param_groups", "state", "host_state"):
-        if not isinstance(sd[key], (list, tuple)) or not all(
-            isinstance(x, dict) for x in sd[key]
-        ):
-            raise TypeError(f"state_dict: {key} should be a list of dicts, one per group")
-    if not (len(sd["param_groups"]) == len(sd["state"]) == len(sd["host_state"])
-            == len(opt._groups)):
-        raise ValueError(
-            f"state_dict: has {len(sd['param_groups'])} param groups, the optimizer has "
-            f"{len(opt._groups)}"
-        )
     plan = []
     for k, (group, hyper, arrays, host) in enumerate(
         zip(opt._groups, sd["param_groups"], sd["state"], sd["host_state"])

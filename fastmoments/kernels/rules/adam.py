@@ -12,13 +12,27 @@ from .common import effective_grad, lerp
 
 # ------------------------------------------------------- Adam, AdamW, AMSGrad
 @rule
-def adam(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay, decay_factor,
-         one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bias_correction2, eps_root, eps):
-    # decay_factor = 1 - lr * weight_decay for AdamW (decoupled), 1 for Adam (L2 in the grad).
+def adam_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay,
+                 one_minus_beta1, beta2, one_minus_beta2):
+    # the gradient and Adam's new moments (shared with the cautious and AMSGrad variants)
     g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
     m = lerp(exp_avg, g, one_minus_beta1)
     v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
-    denom = math.sqrt(v * inv_bias_correction2 + eps_root) + eps
+    return g, m, v
+
+
+@rule
+def adam_denominator(v, inv_bias_correction2, eps_root, eps):
+    return math.sqrt(v * inv_bias_correction2 + eps_root) + eps
+
+
+@rule
+def adam(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay, decay_factor,
+         one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bias_correction2, eps_root, eps):
+    # decay_factor = 1 - lr * weight_decay for AdamW (decoupled), 1 for Adam (L2 in the grad).
+    g, m, v = adam_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                           weight_decay, one_minus_beta1, beta2, one_minus_beta2)
+    denom = adam_denominator(v, inv_bias_correction2, eps_root, eps)
     return param * decay_factor - step_size * (m / denom), m, v
 
 
@@ -26,11 +40,10 @@ def adam(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value, weight_decay, 
 def adam_amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult, clip_value,
                  weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, step_size,
                  inv_bias_correction2, eps_root, eps):
-    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
-    m = lerp(exp_avg, g, one_minus_beta1)
-    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    g, m, v = adam_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                           weight_decay, one_minus_beta1, beta2, one_minus_beta2)
     vmax = max_exp_avg_sq if max_exp_avg_sq > v else v
-    denom = math.sqrt(vmax * inv_bias_correction2 + eps_root) + eps
+    denom = adam_denominator(vmax, inv_bias_correction2, eps_root, eps)
     return param * decay_factor - step_size * (m / denom), m, v, vmax
 
 

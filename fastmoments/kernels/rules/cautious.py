@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from ..compile import rule
+from .adam import adam_denominator, adam_moments
 from .common import effective_grad, lerp, scaled_grad
 
 
@@ -47,10 +46,9 @@ def adam_cautious_count(param, grad, exp_avg, grad_mult, clip_value, weight_deca
 def adam_cautious_apply(param, grad, exp_avg, exp_avg_sq, scale, grad_mult, clip_value,
                         weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
                         step_size, inv_bias_correction2, eps_root, eps):
-    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
-    m = lerp(exp_avg, g, one_minus_beta1)
-    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
-    denom = math.sqrt(v * inv_bias_correction2 + eps_root) + eps
+    g, m, v = adam_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                           weight_decay, one_minus_beta1, beta2, one_minus_beta2)
+    denom = adam_denominator(v, inv_bias_correction2, eps_root, eps)
     return param * decay_factor - step_size * (cautious(m, g, scale) / denom), m, v
 
 
@@ -59,11 +57,10 @@ def adam_amsgrad_cautious_apply(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
                                 grad_mult, clip_value, weight_decay, decay_factor,
                                 one_minus_beta1, beta2, one_minus_beta2, step_size,
                                 inv_bias_correction2, eps_root, eps):
-    g = effective_grad(param, grad, grad_mult, clip_value, weight_decay)
-    m = lerp(exp_avg, g, one_minus_beta1)
-    v = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    g, m, v = adam_moments(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                           weight_decay, one_minus_beta1, beta2, one_minus_beta2)
     vmax = max_exp_avg_sq if max_exp_avg_sq > v else v
-    denom = math.sqrt(vmax * inv_bias_correction2 + eps_root) + eps
+    denom = adam_denominator(vmax, inv_bias_correction2, eps_root, eps)
     return param * decay_factor - step_size * (cautious(m, g, scale) / denom), m, v, vmax
 
 
