@@ -4,8 +4,9 @@
   mean of the ranks' gradients, each rank keeping the state of its shard only
   (``shard=False``: every rank steps everything, as torch's DDP);
 - :class:`Communicator`: the collectives it uses, with :class:`MPICommunicator`
-  (mpi4py, imported only when used: ``pip install 'fastmoments[mpi]'``) and
-  :class:`SelfCommunicator` (one process);
+  (mpi4py, imported only when used: ``pip install 'fastmoments[mpi]'``),
+  :class:`SelfCommunicator` (one process) and :class:`TorchCommunicator` (a
+  ``torch.distributed`` process group; torch is imported only when one is built);
 - :func:`shard_sizes`, :func:`shard_ranges`: how a buffer is split over the ranks.
 
 See docs/distributed.md for how to run it on several machines.
@@ -13,6 +14,7 @@ See docs/distributed.md for how to run it on several machines.
 
 from .comm import Communicator, MPICommunicator, SelfCommunicator, as_communicator
 from .sharded import ShardedOptimizer, shard_ranges, shard_sizes
+from .torch_comm import TorchCommunicator
 
 __all__ = ["ShardedOptimizer", "Communicator", "MPICommunicator", "SelfCommunicator",
-           "as_communicator", "shard_sizes", "shard_ranges"]
+           "TorchCommunicator", "as_communicator", "shard_sizes", "shard_ranges"]

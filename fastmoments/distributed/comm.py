@@ -4,10 +4,9 @@
 processes only through an object with the methods of :class:`Communicator`. Two come
 with fastmoments: :class:`MPICommunicator` (an mpi4py communicator, what
 :func:`as_communicator` makes of ``MPI.COMM_WORLD``) and :class:`SelfCommunicator` (one
-process, no MPI). Another transport, e.g. a ``torch.distributed`` process group, is
-added by writing a class with these methods (``all_reduce``, ``reduce_scatter_tensor``,
-``all_gather_into_tensor``, ``broadcast`` and ``all_gather_object`` cover them, the
-uneven counts by padding every block to the largest) and passing an instance as
+process, no MPI); a ``torch.distributed`` process group is wrapped in a
+:class:`~fastmoments.distributed.TorchCommunicator` (module ``torch_comm``). Another
+transport is added by writing a class with these methods and passing an instance as
 ``comm``.
 
 Buffers are one-dimensional, C-contiguous arrays of one dtype (NumPy arrays, or CUDA
@@ -18,6 +17,7 @@ order, from the start of the buffer.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -216,32 +216,69 @@ def as_communicator(comm: Any) -> Communicator:
     Parameters
     ----------
     comm
-        ``None`` (mpi4py's ``MPI.COMM_WORLD``), an mpi4py communicator, or an object
-        that already has the methods of :class:`Communicator` (returned as it is).
+        ``None``: mpi4py's ``MPI.COMM_WORLD``; or, when ``torch.distributed`` is
+        initialized and MPI's world is this process alone (or mpi4py is not installed),
+        torch's default process group. An mpi4py communicator; a ``torch.distributed``
+        process group (a :class:`~fastmoments.distributed.TorchCommunicator` over it);
+        or an object that already has the methods of :class:`Communicator` (returned as
+        it is).
 
     Raises
     ------
     TypeError
-        For anything else, e.g. a ``torch.distributed`` process group, which needs an
-        adapter class (see the module's docstring).
+        For anything else.
     """
     if comm is None:
-        try:
-            from mpi4py import MPI
-        except ImportError:
-            raise ImportError(
-                "fastmoments.distributed: comm=None means mpi4py's MPI.COMM_WORLD, and "
-                "mpi4py is not installed (pip install 'fastmoments[mpi]'); or pass "
-                "comm=fastmoments.distributed.SelfCommunicator() for one process"
-            ) from None
-        return MPICommunicator(MPI.COMM_WORLD)
+        return _default()
+    if _is_process_group(comm):
+        from .torch_comm import TorchCommunicator
+
+        return TorchCommunicator(comm)
     if isinstance(comm, Communicator):
         return comm
     if type(comm).__module__ == "mpi4py.MPI":
         return MPICommunicator(comm)
     raise TypeError(
-        f"comm: expected an mpi4py communicator or an object with the methods of "
-        f"fastmoments.distributed.Communicator, got {type(comm).__module__}."
-        f"{type(comm).__qualname__} (a torch.distributed process group needs a small "
-        "adapter class with those methods)"
+        f"comm: expected an mpi4py communicator, a torch.distributed process group or an "
+        f"object with the methods of fastmoments.distributed.Communicator, got "
+        f"{type(comm).__module__}.{type(comm).__qualname__}"
     )
+
+
+def _torch_distributed() -> Any:
+    """``torch.distributed`` if it is imported and initialized, else None (torch is
+    never imported here: a process group exists only once the user imported it)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return None
+    return dist
+
+
+def _is_process_group(comm: Any) -> bool:
+    dist = sys.modules.get("torch.distributed")
+    group = getattr(dist, "ProcessGroup", None)  # (absent from torch built without it)
+    return isinstance(group, type) and isinstance(comm, group)
+
+
+def _default() -> Communicator:
+    """``comm=None``: MPI's world as before; torch's default group only where MPI's
+    world would be this process alone, so that nothing launched by mpiexec changes."""
+    torch_initialized = _torch_distributed() is not None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        if torch_initialized:
+            from .torch_comm import TorchCommunicator
+
+            return TorchCommunicator()
+        raise ImportError(
+            "fastmoments.distributed: comm=None means mpi4py's MPI.COMM_WORLD, and "
+            "mpi4py is not installed (pip install 'fastmoments[mpi]'); or pass "
+            "a torch.distributed process group, or "
+            "comm=fastmoments.distributed.SelfCommunicator() for one process"
+        ) from None
+    if torch_initialized and MPI.COMM_WORLD.Get_size() == 1:
+        from .torch_comm import TorchCommunicator
+
+        return TorchCommunicator()
+    return MPICommunicator(MPI.COMM_WORLD)
