@@ -19,6 +19,15 @@ common patterns -- every gradient every step, a frozen part that never gets one,
 head that gets one now and then -- cost no rebuild per step. (Passing zero gradients
 instead would be wrong: Adam's moments decay and its step count advances on a zero
 gradient, and momentum moves the parameter.)
+
+16-bit parameters
+-----------------
+float16 and bfloat16 parameters go to inner optimizers of their own (cohorts are
+split by step count *and* by whether the parameters are 16-bit), because the core's
+``master_weights`` option is one per optimizer and means something only for them:
+float32 and float64 parameters in the same torch optimizer are stepped as without
+it. Between inner optimizers the state travels as values (bfloat16 states decoded
+exactly), and is written into the new one's stored form (:func:`_store`).
 """
 
 from __future__ import annotations
@@ -29,8 +38,11 @@ import numpy as np
 import torch
 
 from .._arrays import as_cuda_array
+from ..kernels.precision import bf16_bits_to_float32, float32_to_bf16_bits
+from ..optim._precision import MASTER
 from ..optim.base import Optimizer as _Rule
 from ._flat import FlatSlot, live_slot, whole_buffer
+from ._views import is_half, numpy_view
 
 __all__ = ["Cohorts"]
 
@@ -42,7 +54,9 @@ class _Record(NamedTuple):
     """One parameter's state on its way between inner optimizers (host copies)."""
 
     step: int
-    buffers: dict[str, np.ndarray] | None  # flat, one per state buffer; None: initial
+    # flat values (float32 or float64, never a stored form), one per state buffer,
+    # ``master_param`` included when there is one; None: initial
+    buffers: dict[str, np.ndarray] | None
     host: dict[str, float] | None  # the inner group's scalar state; None: initial
 
 
@@ -109,9 +123,21 @@ class _Cohort:
 
 
 def _host_copy(view: Any) -> np.ndarray:
-    if isinstance(view, np.ndarray):
-        return view.reshape(-1).copy()
-    return view.copy_to_host().reshape(-1)
+    """The values of a state view, flat, on the host (bfloat16 patterns decoded: exact)."""
+    host = view.reshape(-1).copy() if isinstance(view, np.ndarray) else \
+        view.copy_to_host().reshape(-1)
+    if host.dtype == np.uint16:  # the core stores bfloat16 states as their patterns
+        return bf16_bits_to_float32(host)
+    return host
+
+
+def _store(target: np.ndarray, values: np.ndarray) -> None:
+    """Write state ``values`` into ``target``, a slice of a buffer in its stored form
+    (bfloat16 patterns: rounded to nearest, exact for values that were bfloat16)."""
+    if target.dtype == np.uint16:
+        target[:] = float32_to_bf16_bits(values)
+    else:
+        target[:] = values
 
 
 class Cohorts:
@@ -121,8 +147,16 @@ class Cohorts:
     # --------------------------------------------------------- inner optimizers
     def _param_array(self, p: torch.Tensor) -> Any:
         if p.device.type == "cpu":
-            return p.detach().numpy()
+            return numpy_view(p)
         return p.detach()
+
+    def _inner_options(self, half: bool) -> dict[str, Any]:
+        """The reduced-precision options of an inner optimizer (``master_weights`` for
+        16-bit parameters only: the core refuses it for the others)."""
+        options = dict(self._precision)
+        if not half:
+            del options["master_weights"]
+        return options
 
     def _build(self, members: list[tuple[int, torch.Tensor]], records: dict[int, _Record],
                values: list[dict[str, Any]] | None = None) -> list[_Cohort]:
@@ -131,15 +165,16 @@ class Cohorts:
         ``records`` gives state (by ``id(parameter)``; missing: fresh); ``values``
         the hyperparameters of each group (default: the param groups themselves).
         """
-        by_step: dict[int, list[tuple[int, torch.Tensor, _Record | None]]] = {}
+        by_step: dict[tuple[int, bool], list[tuple[int, torch.Tensor, _Record | None]]] = {}
         for k, p in members:
             record = records.get(id(p))
-            by_step.setdefault(record.step if record is not None else 0, []).append(
-                (k, p, record))
-        return [self._build_one(step, entries, values) for step, entries in by_step.items()]
+            step = record.step if record is not None else 0
+            by_step.setdefault((step, is_half(p.dtype)), []).append((k, p, record))
+        return [self._build_one(step, entries, values, half)
+                for (step, half), entries in by_step.items()]
 
     def _build_one(self, step: int, entries: list[tuple[int, torch.Tensor, _Record | None]],
-                   values: list[dict[str, Any]] | None) -> _Cohort:
+                   values: list[dict[str, Any]] | None, half: bool) -> _Cohort:
         groups = values if values is not None else self.param_groups
         parts: dict[tuple, list[tuple[torch.Tensor, _Record | None]]] = {}
         for k, p, record in entries:
@@ -166,7 +201,7 @@ class Cohorts:
             params += ps
             keys += [k] * len(ps)
             group_keys.append(k)
-        inner = self._rule(inner_groups)
+        inner = self._rule(inner_groups, **self._inner_options(half))
         loaded = any(record is not None for _, _, record in entries)
         if step or loaded:
             self._load_records(inner, step, list(parts.values()))
@@ -181,7 +216,12 @@ class Cohorts:
 
     def _load_records(self, inner: _Rule, step: int,
                       parts: list[list[tuple[torch.Tensor, _Record | None]]]) -> None:
-        """Give a new inner optimizer its step count and the records' state."""
+        """Give a new inner optimizer its step count and the records' state.
+
+        A record without ``master_param`` (torch.optim's state, or state from before the
+        parameter was 16-bit) keeps the master copy the new optimizer took from the
+        parameter; one with it, for an optimizer that keeps none, drops it.
+        """
         owner = type(self).__name__
         sd = inner.state_dict()
         sd["step_count"] = step
@@ -191,17 +231,20 @@ class Cohorts:
             for j, (p, record) in enumerate(part):
                 if record is None or record.buffers is None:
                     continue
-                if set(record.buffers) != names:
+                given = set(record.buffers) - {MASTER}
+                if given != names - {MASTER}:
                     raise ValueError(
                         f"{owner}: the state of {self._where(p)} has buffers "
-                        f"{sorted(record.buffers)}, expected {sorted(names)}")
+                        f"{sorted(given)}, expected {sorted(names - {MASTER})}")
                 start, stop = int(offsets[j]), int(offsets[j + 1])
                 for name in names:
-                    values = record.buffers[name]
+                    values = record.buffers.get(name)
+                    if values is None:  # only the master copy can be missing (see above)
+                        continue
                     if values.size != stop - start:
                         raise ValueError(f"{owner}: the state of {self._where(p)}: {name!r} has "
                                          f"{values.size} elements, the parameter {stop - start}")
-                    sd["state"][gi][name][start:stop] = values
+                    _store(sd["state"][gi][name][start:stop], values)
             host = next((r.host for _, r in part if r is not None and r.host is not None), None)
             if host is not None:
                 if set(host) != set(sd["host_state"][gi]):
@@ -275,7 +318,7 @@ class Cohorts:
         cache = data.is_contiguous()
         if not cache:  # a copy: made again at each step (it would not see new values)
             data = data.contiguous()
-        cohort.grads[j] = as_cuda_array(data) if cuda else data.numpy()
+        cohort.grads[j] = as_cuda_array(data) if cuda else numpy_view(data)
         cohort.seen[j] = g if cache else _UNSEEN
         cohort.seen_addresses[j] = g.data_ptr()
 

@@ -17,13 +17,13 @@ from typing import NamedTuple, TypeVar
 import torch
 
 from ..flat import FlatParams
+from ._views import STEPPED_DTYPES, bf16_unavailable, is_half, numpy_view, tensor_view
 
 __all__ = ["flatten_", "FlatBuffer", "FlatSlot", "live_slot", "whole_buffer", "flatten_params",
            "buckets"]
 
 #: the attribute a flattened parameter keeps its slot in
 SLOT_ATTRIBUTE = "_fastmoments_flat"
-FLOAT_DTYPES = (torch.float32, torch.float64)
 ModuleOrParams = TypeVar("ModuleOrParams", torch.nn.Module, Iterable[torch.Tensor])
 
 
@@ -87,8 +87,8 @@ def whole_buffer(params: list[torch.Tensor]) -> FlatBuffer | None:
 def _new_buffer(params: list[torch.Tensor]) -> FlatBuffer:
     device = params[0].device
     if device.type == "cpu":
-        flat = FlatParams([p.detach().numpy() for p in params])  # copies the values
-        return FlatBuffer(flat, torch.from_numpy(flat.data), torch.from_numpy(flat.grad))
+        flat = FlatParams([numpy_view(p) for p in params])  # copies the values
+        return FlatBuffer(flat, tensor_view(flat.data), tensor_view(flat.grad))
     if device.type == "cuda":  # pragma: no cover - needs a GPU and a CUDA build of torch
         torch.cuda.synchronize(device)  # numba copies on its own (default) stream
         flat = FlatParams([p.detach().contiguous() for p in params])
@@ -125,7 +125,8 @@ def flatten_params(params: list[torch.Tensor]) -> FlatBuffer:
 
 def buckets(params: Iterable[torch.Tensor], owner: str) -> list[list[torch.Tensor]]:
     """The parameters that require grad, split by (dtype, device) in order of first
-    appearance (each parameter once); refused for dtypes other than float32/64."""
+    appearance (each parameter once); refused for dtypes other than float32/64 (and
+    float16/bfloat16 on the CPU)."""
     seen: set[int] = set()
     out: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for p in params:
@@ -134,9 +135,13 @@ def buckets(params: Iterable[torch.Tensor], owner: str) -> list[list[torch.Tenso
         if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        if p.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{owner}: a parameter has dtype {p.dtype}; fastmoments keeps "
-                            "float32 and float64 parameters in flat buffers")
+        if p.dtype not in STEPPED_DTYPES or (is_half(p.dtype) and p.device.type != "cpu"):
+            raise TypeError(f"{owner}: a parameter has dtype {p.dtype} on {p.device}; "
+                            "fastmoments keeps float32 and float64 parameters (and float16 "
+                            "and bfloat16 ones on the CPU) in flat buffers")
+        if p.dtype is torch.bfloat16 and bf16_unavailable():
+            raise TypeError(f"{owner}: a parameter is bfloat16, which needs ml_dtypes "
+                            "(pip install ml_dtypes)")
         if p.layout is not torch.strided:
             raise TypeError(f"{owner}: a parameter has layout {p.layout}; expected dense "
                             "(strided) parameters")
@@ -160,7 +165,7 @@ def flatten_(module: ModuleOrParams) -> ModuleOrParams:
     module
         A ``torch.nn.Module``, or an iterable of parameters. Parameters with
         ``requires_grad=False`` are left as they are; the others must be float32 or
-        float64, on the CPU or a CUDA device.
+        float64, on the CPU or a CUDA device, or float16 or bfloat16 on the CPU.
 
     Returns
     -------

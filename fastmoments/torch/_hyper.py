@@ -23,9 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["HyperSync"]
+from ..kernels.precision import STATE_DTYPES, resolve
+from ._views import STEPPED_DTYPES, bf16_unavailable, is_half
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+__all__ = ["HyperSync", "precision_options"]
+
+#: torch dtypes accepted for ``state_dtype``, by the name the core takes
+_STATE_TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64",
+                       torch.bfloat16: "bfloat16"}
 
 
 def _plain(value: Any) -> Any:
@@ -39,6 +44,32 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
     return value
+
+
+def precision_options(state_dtype: Any, state_rounding: Any, master_weights: Any, seed: Any,
+                      owner: str) -> dict[str, Any]:
+    """The reduced-precision options, validated, as the inner optimizers take them.
+
+    ``state_dtype`` may be a name or a torch dtype; ``"int8"`` is refused (its blockwise
+    form has no per-parameter state-dict layout here yet). The values are checked by
+    the core's own parser (for 16-bit parameters, the case that takes them all); what
+    depends on the parameters' dtype (``"float64"`` state under float32 parameters) is
+    checked when the inner optimizers are built.
+    """
+    if isinstance(state_dtype, torch.dtype):
+        if state_dtype not in _STATE_TORCH_DTYPES:
+            raise ValueError(f"{owner}: state_dtype must be one of {STATE_DTYPES[:3]}, "
+                             f"{tuple(_STATE_TORCH_DTYPES)} or None, got {state_dtype}")
+        state_dtype = _STATE_TORCH_DTYPES[state_dtype]
+    if state_dtype == "int8":
+        raise ValueError(f"{owner}: state_dtype='int8' is not available in fastmoments.torch "
+                         "yet (its blockwise scales have no per-parameter state-dict form "
+                         "here); use state_dtype='bfloat16', or fastmoments' NumPy "
+                         "optimizers over tensor.numpy() views")
+    resolve(np.float16, None if state_dtype == "float64" else state_dtype, state_rounding,
+            master_weights, seed, owner)
+    return {"state_dtype": state_dtype, "state_rounding": state_rounding,
+            "master_weights": master_weights, "seed": int(seed)}
 
 
 def _same(new: Any, old: Any) -> bool:
@@ -100,9 +131,18 @@ class HyperSync:
         owner = type(self).__name__
         for i, p in enumerate(group["params"]):
             where = f"{owner}: param_groups[{k}]['params'][{i}]"
-            if p.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"{where} has dtype {p.dtype}; fastmoments steps float32 and "
-                                "float64 parameters")
+            if p.dtype not in STEPPED_DTYPES:
+                raise TypeError(f"{where} has dtype {p.dtype}; fastmoments steps float32, "
+                                "float64, float16 and bfloat16 parameters")
+            if is_half(p.dtype):
+                if p.device.type != "cpu":
+                    raise TypeError(f"{where} is a {p.dtype} tensor on {p.device}; 16-bit "
+                                    "parameters are stepped on the CPU only for now (keep "
+                                    "float32 CUDA parameters; state_dtype='bfloat16' works "
+                                    "there)")
+                if p.dtype is torch.bfloat16 and bf16_unavailable():
+                    raise TypeError(f"{where} is bfloat16: stepping bfloat16 parameters needs "
+                                    "ml_dtypes (pip install ml_dtypes)")
             if p.layout is not torch.strided:
                 raise TypeError(f"{where} has layout {p.layout}; expected a dense tensor")
             if p.device.type not in ("cpu", "cuda"):

@@ -13,10 +13,22 @@ the gradients (and explains how parameters without a gradient are skipped); ``_h
 validates hyperparameters and follows edits of the param groups; ``_state`` gives
 ``state``, ``state_dict`` and ``load_state_dict`` in torch's format. Each of the
 three is a mixin of :class:`Optimizer`.
+
+GradScaler
+----------
+The class sets ``_step_supports_amp_scaling``: ``torch.amp.GradScaler.step`` then
+checks the gradients for inf/NaN itself (one pass, no unscaling), sets
+``optimizer.grad_scale`` (the scale, or None after a ``scaler.unscale_(optimizer)``)
+and ``optimizer.found_inf``, and calls ``step()``. The step does nothing when
+``found_inf`` is nonzero (parameters, state and step counts stay, as torch's fused
+Adam does); otherwise each kernel divides the gradients by ``grad_scale`` as it
+reads them, so torch's in-place unscaling (which rewrites every gradient) is left
+out, and float16 gradients are divided in float32.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from itertools import chain
 from typing import Any, ClassVar
@@ -28,7 +40,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 from ..optim.base import Optimizer as _Rule
 from ._cohorts import _MOVED, _READY, Cohorts, _Cohort, _Record
 from ._flat import FlatSlot, buckets, flatten_params, live_slot
-from ._hyper import HyperSync
+from ._hyper import HyperSync, precision_options
 from ._state import TorchState
 
 __all__ = ["Optimizer"]
@@ -61,6 +73,14 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
         gradients into one buffer per dtype and device first
         (:func:`~fastmoments.torch.flatten_`), so that each group is stepped by one
         kernel call over one buffer.
+    state_dtype, state_rounding, master_weights, seed
+        Reduced precision, as for the NumPy optimizers (see the page "Reduced
+        precision"): ``state_dtype`` None (float32 for 16-bit parameters, else the
+        parameters' dtype), ``"float32"``, ``"float64"`` or ``"bfloat16"`` (a torch
+        dtype works too); ``master_weights`` (None: True) concerns the float16 and
+        bfloat16 parameters only: True keeps a float32 master copy of them, False
+        rounds them stochastically; ``seed`` and ``state_rounding`` choose the random
+        bits and which states are rounded stochastically. Fixed at construction.
 
     Notes
     -----
@@ -79,15 +99,21 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
     _eager: ClassVar[bool] = False  # torch creates the state before the first step (Adagrad)
     _decoupled: ClassVar[bool | None] = None  # torch's decoupled_weight_decay key (Adam/AdamW)
     _tensor_host: ClassVar[frozenset[str]] = frozenset()  # host state torch keeps as tensors
+    #: torch.amp.GradScaler's protocol for optimizers that unscale in their own step
+    #: (see the module notes)
+    _step_supports_amp_scaling: ClassVar[bool] = True
 
     def __init__(self, params: Any, hyperparameters: dict[str, Any], *,
-                 flat: bool = False) -> None:
+                 flat: bool = False, state_dtype: Any = None, state_rounding: Any = "auto",
+                 master_weights: bool | None = None, seed: int = 0) -> None:
         if not hasattr(type(self), "_rule"):
             raise TypeError("fastmoments.torch.Optimizer is a base class; use a rule's class "
                             "(fastmoments.torch.Adam, ...)")
         if not isinstance(flat, bool):
             raise TypeError(f"{type(self).__name__}: flat must be True or False, got {flat!r}")
         values = dict(hyperparameters)
+        self._precision = precision_options(state_dtype, state_rounding, master_weights, seed,
+                                            type(self).__name__)
         if self._torch_rule is not None:
             # torch's own class gives its validation and the exact keys and defaults of
             # its param groups (AdamW's decoupled_weight_decay=True, for instance)
@@ -121,13 +147,13 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
             self._rule_values(group, f"param_groups[{k}]")
             self._check_options(group, f"param_groups[{k}]")
             self._check_params(group, k)
+            if self._ready:
+                if self._flat:
+                    self._flatten_group(group)
+                self._restructure()  # the inner optimizers may refuse (a dtype, an option)
         except Exception:
             del self.param_groups[count:]
             raise
-        if self._ready:
-            if self._flat:
-                self._flatten_group(group)
-            self._restructure()
 
     def _flatten_group(self, group: dict[str, Any]) -> None:
         for bucket in buckets(group["params"], type(self).__name__):
@@ -146,12 +172,51 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
         self._cohorts = self._build(members, records)
         self._snapshot()
 
+    # ------------------------------------------------------------ precision
+    @property
+    def state_dtype(self) -> str | None:
+        """How the state is stored (None: the parameters' dtype, float32 for 16-bit ones)."""
+        return self._precision["state_dtype"]
+
+    @property
+    def master_weights(self) -> bool | None:
+        """Whether 16-bit parameters get a float32 master copy (None: yes)."""
+        return self._precision["master_weights"]
+
+    @property
+    def state_rounding(self) -> Any:
+        """Which bfloat16 states are rounded stochastically (see the core optimizers)."""
+        return self._precision["state_rounding"]
+
+    @property
+    def seed(self) -> int:
+        """The seed of the random bits of stochastic rounding."""
+        return self._precision["seed"]
+
     # ----------------------------------------------------------------- step
+    def _amp_scale(self) -> float | None:
+        """What GradScaler asks of this step (see the module notes): None to skip it,
+        else the scale to divide the gradients by (1.0: none)."""
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf):
+            return None
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is None:
+            return 1.0
+        scale = float(grad_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"{type(self).__name__}: grad_scale must be a finite number > 0, "
+                             f"got {grad_scale!r}; nothing was changed")
+        return scale
+
     def _step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        scale = self._amp_scale()
+        if scale is None:
+            return loss  # an inf/NaN gradient (GradScaler's found_inf): nothing changes
         self._refresh()
         cohorts = self._cohorts
         work = []
@@ -168,8 +233,12 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
                 i += 1  # no gradient at all: skipped, its state unchanged
             else:
                 cohorts[i:i + 1] = self._split(cohort, value)
-        for inner, grads in work:
-            inner.step(grads)
+        if scale == 1.0:
+            for inner, grads in work:
+                inner.step(grads)
+        else:  # the unscaling happens in the kernel, as it reads each gradient
+            for inner, grads in work:
+                inner.step(grads, grad_scale=scale)
         return loss
 
     def _hooked_step(self, closure: Callable[[], Any] | None) -> Any:

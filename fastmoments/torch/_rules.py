@@ -7,9 +7,10 @@ also has (:data:`TORCH_RULES`, the rules :mod:`fastmoments.interop` converts) ta
 the constructor signature of torch's class -- its positional order, its defaults, its
 torch-only options (``foreach``, ``fused``, ...) -- plus the fastmoments-only
 hyperparameters (keyword-only); the others take the fastmoments class's signature.
-Every class adds ``flat=False``. A rule's own public methods without arguments and its
-properties (Schedule-Free's ``eval()``, ``train()``, ``train_mode``) are forwarded to
-the inner optimizers.
+Every class adds the reduced-precision options (``state_dtype``, ``state_rounding``,
+``master_weights``, ``seed``) and ``flat=False``. A rule's own public methods without
+arguments and its properties (Schedule-Free's ``eval()``, ``train()``, ``train_mode``)
+are forwarded to the inner optimizers.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ _PARAMS = _P("params", _P.POSITIONAL_OR_KEYWORD,
              annotation="Iterable[torch.Tensor] | Iterable[dict[str, Any]] | "
                         "Iterable[tuple[str, torch.Tensor]]")
 _FLAT = _P("flat", _P.KEYWORD_ONLY, default=False, annotation="bool")
+#: the reduced-precision options (see fastmoments.torch.Optimizer), keyword-only
+_PRECISION = (
+    _P("state_dtype", _P.KEYWORD_ONLY, default=None, annotation="str | torch.dtype | None"),
+    _P("state_rounding", _P.KEYWORD_ONLY, default="auto", annotation="str | dict[str, str]"),
+    _P("master_weights", _P.KEYWORD_ONLY, default=None, annotation="bool | None"),
+    _P("seed", _P.KEYWORD_ONLY, default=0, annotation="int"),
+)
+_PRECISION_NAMES = tuple(p.name for p in _PRECISION)
 
 _DOC = """{name} as a ``torch.optim.Optimizer``: {torch_line}, fastmoments' fused step.
 
@@ -45,9 +54,20 @@ Parameters
 ----------
 params
     ``model.parameters()``, ``(name, parameter)`` pairs, or param-group dicts, as in
-    torch.optim: float32 or float64, dense and contiguous, on the CPU or a CUDA
-    device.
+    torch.optim: dense and contiguous; float32 or float64 on the CPU or a CUDA
+    device, float16 or bfloat16 on the CPU.
 {parameters}
+state_dtype : default None
+    None (the parameters' dtype; float32 for 16-bit parameters), ``"float32"``,
+    ``"float64"`` or ``"bfloat16"`` (or the torch dtype): how the state is stored.
+state_rounding : default "auto"
+    Which bfloat16 states are rounded stochastically: ``"auto"``, ``"nearest"``,
+    ``"stochastic"`` or a dict by state name.
+master_weights : default None
+    For float16 / bfloat16 parameters: keep a float32 master copy (None or True), or
+    round the parameters stochastically (False). Ignored for the others.
+seed : int, default 0
+    Seed of the random bits of stochastic rounding.
 flat : bool, default False
     Flatten each param group's parameters and gradients into one buffer per dtype
     and device (see :func:`fastmoments.torch.flatten_`): each group is then stepped
@@ -126,12 +146,12 @@ def _make(name: str, rule: type[_Rule]) -> type[Optimizer]:
         torch_names = tuple(p.name for p in torch_parameters)
         extra = [p.replace(kind=_P.KEYWORD_ONLY) for p in rule_parameters
                  if p.name not in torch_names]
-        parameters = [self_parameter, _PARAMS, *torch_parameters, *extra, _FLAT]
+        parameters = [self_parameter, _PARAMS, *torch_parameters, *extra, *_PRECISION, _FLAT]
         torch_keys = tuple(n for n in torch_names if n not in rule_keys)
         documented = [p for p in torch_parameters if p.name in rule_keys] + extra
     else:
         torch_names = ()
-        parameters = [self_parameter, _PARAMS, *rule_parameters, _FLAT]
+        parameters = [self_parameter, _PARAMS, *rule_parameters, *_PRECISION, _FLAT]
         torch_keys = ()
         documented = rule_parameters
     signature = inspect.Signature(parameters, return_annotation=None)
@@ -142,7 +162,8 @@ def _make(name: str, rule: type[_Rule]) -> type[Optimizer]:
         values = dict(bound.arguments)
         del values["self"], values["params"]
         flat = values.pop("flat")
-        Optimizer.__init__(self, params, values, flat=flat)
+        precision = {name: values.pop(name) for name in _PRECISION_NAMES}
+        Optimizer.__init__(self, params, values, flat=flat, **precision)
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     __init__.__qualname__ = f"{name}.__init__"

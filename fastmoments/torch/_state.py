@@ -14,17 +14,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..optim._precision import MASTER
 from ._cohorts import _Record
 from ._hyper import _to_float
+from ._views import is_half, tensor_view
 
 __all__ = ["TorchState"]
 
 
 def _as_tensor(view: Any, p: torch.Tensor) -> torch.Tensor:
-    """A state view as a tensor over the same memory."""
+    """A state view as a tensor over the same memory (bfloat16 patterns as bfloat16)."""
     if isinstance(view, np.ndarray):
-        return torch.from_numpy(view)
-    return torch.as_tensor(view, device=p.device)  # pragma: no cover - needs a GPU
+        return tensor_view(view)
+    t = torch.as_tensor(view, device=p.device)  # pragma: no cover - needs a GPU
+    return t.view(torch.bfloat16) if t.dtype == torch.uint16 else t  # pragma: no cover
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -107,7 +110,10 @@ class TorchState:
             ``state_dict`` returns its state tensors): copy them to keep a snapshot.
             fastmoments-only keys (``eps_root``, ...) appear in the param groups;
             torch.optim ignores them. Rules torch does not have keep their scalar
-            state (SWATS's switch, Yogi's flag) as floats in each entry.
+            state (SWATS's switch, Yogi's flag) as floats in each entry. Reduced
+            precision: states stored as bfloat16 are ``torch.bfloat16`` tensors;
+            16-bit parameters have float32 states and, with master weights, their
+            float32 master copy as ``"master_param"``.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -143,7 +149,11 @@ class TorchState:
             ``optimizer.state_dict()``. Parameters are matched in order, as torch
             does; hyperparameters are taken from its param groups (keys it lacks
             keep their values); each parameter's ``"step"`` is kept (parameters with
-            different step counts are stepped by different inner optimizers).
+            different step counts are stepped by different inner optimizers). States
+            are converted to this optimizer's form (to bfloat16: rounded to nearest);
+            ``"master_param"`` is dropped where no master copy is kept, and, where one
+            is kept but the entry has none (torch.optim's state), the master copy is
+            taken from the parameter as it is now: load the model first.
 
         Raises
         ------
@@ -211,6 +221,7 @@ class TorchState:
             return None
         hyper = self._rule_values(values, where)
         names = tuple(self._probe._select(hyper).state_names)
+        master = items.pop(MASTER, None)
         host_names = tuple(self._probe._initial_host_state(hyper))
         if "step" in items:
             step_value = _to_float(items.pop("step"), f"{where}['step']")
@@ -221,7 +232,8 @@ class TorchState:
         elif self._has_step:
             raise ValueError(f"{where}: no 'step'")
         else:  # SGD: torch keeps no step; momentum buffers exist after the first step
-            step = 1 if names and all(n in items for n in names) else 0
+            step = 1 if (all(n in items for n in names) if names else master is not None) \
+                else 0
         host = {h: _to_float(items.pop(h), f"{where}[{h!r}]") for h in host_names if h in items}
         if host_names and step > 0 and len(host) != len(host_names):
             missing = sorted(set(host_names) - set(host))
@@ -231,14 +243,24 @@ class TorchState:
             t = items.pop(name, None)
             if t is None:
                 raise ValueError(f"{where}: missing buffer {name!r}")
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                raise TypeError(f"{where}: {name!r} should be a floating-point tensor")
-            if tuple(t.shape) != tuple(p.shape):
-                raise ValueError(f"{where}: {name!r} has shape {tuple(t.shape)}, the parameter "
-                                 f"has shape {tuple(p.shape)}")
-            buffers[name] = t.detach().to("cpu", torch.float64).numpy().reshape(-1)
+            buffers[name] = self._state_values(t, p, f"{where}: {name!r}")
+        if master is not None and is_half(p.dtype) and self._precision["master_weights"] \
+                is not False:
+            buffers[MASTER] = self._state_values(master, p, f"{where}: {MASTER!r}")
         if items:
             raise ValueError(f"{where}: unexpected entries {sorted(items)} for "
                              f"{type(self).__name__} with these options (expected "
                              f"{['step'] if self._has_step else []} + {list(names)})")
         return _Record(step, buffers, host or None)
+
+    @staticmethod
+    def _state_values(t: Any, p: torch.Tensor, where: str) -> np.ndarray:
+        """A loaded state tensor's values, flat, float64 for float64 tensors and float32
+        for the others (exact), checked against the parameter's shape."""
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{where} should be a floating-point tensor")
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"{where} has shape {tuple(t.shape)}, the parameter has shape "
+                             f"{tuple(p.shape)}")
+        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+        return t.detach().to("cpu", dtype).numpy().reshape(-1)
