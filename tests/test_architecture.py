@@ -4,7 +4,9 @@ short path's fields declared once."""
 from __future__ import annotations
 
 import ast
+import dis
 import inspect
+import math
 import pathlib
 import textwrap
 
@@ -13,6 +15,7 @@ import pytest
 
 import fastmoments as fm
 from fastmoments.kernels.elementwise import Kernel, named_scalars
+from fastmoments.optim._specialize import inline, specialize
 from fastmoments.optim.base import Optimizer, ShortPath
 
 PACKAGE = pathlib.Path(fm.__file__).parent
@@ -286,3 +289,48 @@ def test_a_misnamed_scalar_in_a_class_raises_on_the_first_step():
     opt = Broken([np.ones(3)], lr=0.1)
     with pytest.raises(TypeError, match="learning_rate"):
         opt.step([np.ones(3)])
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS,
+                         ids=[f"{n}-{k}" for n, k in VARIANTS])
+def test_the_specialized_scalars_equal_the_written_ones(name, kwargs):
+    """step()'s short path runs ``_scalars`` compiled without its calls (optim._specialize):
+    for every class and kernel variant it returns exactly what the source returns."""
+    opt = getattr(fm, name)([np.ones((3, 2)), np.ones(3)], **kwargs)
+    for group in opt._groups:
+        named = group.kernel.named
+        written = type(opt)._scalars
+        compiled = specialize(written, named.names)
+        for step, lr in [(1, 1e-3), (2, 1e-3), (3, 0.5), (10, 0.0), (1000, 2e-2)]:
+            host = dict(group.host_state)
+            expected = written(opt, group.values, lr, step, dict(host), named)
+            got = compiled(opt, group.values, lr, step, dict(host), named)
+            assert type(got) is tuple and got == expected, (step, lr)
+            assert [math.copysign(1, v) for v in got] == [math.copysign(1, v) for v in expected]
+
+
+def test_specialize_removes_the_calls_and_keeps_the_lines():
+    """Adam's copy has no keyword call and no helper frame, and its code points at the
+    class's source lines; a ``named`` call whose keywords are not the kernel's stays a
+    call (and raises as before)."""
+    written = fm.Adam._scalars
+    compiled = specialize(written, fm.Adam([np.ones(3)])._groups[0].kernel.named.names)
+    assert compiled is not written
+    calls = [i for i in dis.get_instructions(compiled) if i.opname in ("CALL", "KW_NAMES")]
+    assert calls == []
+    assert compiled.__code__.co_filename == written.__code__.co_filename
+    assert compiled.__code__.co_firstlineno == written.__code__.co_firstlineno
+    other = specialize(written, ("eps", "beta2"))  # the named call does not match: kept
+    assert [i.argval for i in dis.get_instructions(other) if i.opname == "KW_NAMES"]
+    with pytest.raises(TypeError):
+        other(fm.Adam([np.ones(3)]), fm.Adam([np.ones(3)])._groups[0].values, 1e-3, 1, {},
+              named_scalars("adam", ("eps", "beta2")))
+
+
+def test_inline_refuses_a_helper_with_statements():
+    def helper(a, b):
+        c = a + b
+        return c
+
+    with pytest.raises(TypeError, match="return <expression>"):
+        inline(helper)

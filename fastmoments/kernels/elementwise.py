@@ -197,6 +197,7 @@ def named_scalars(rule_name: str, names: tuple[str, ...]):
     exec(f"def named({params}):\n    return ({values})\n", namespace)
     fn = namespace["named"]
     fn.__qualname__ = f"{rule_name}.named"
+    fn.names = names  # read by optim._specialize
     return fn
 
 

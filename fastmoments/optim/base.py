@@ -35,6 +35,7 @@ from ._dispatch import run
 from ._grads import collect, global_norm, record_host_grads
 from ._groups import Group, ParamGroup, as_group_dicts, check_no_aliasing, state_buffers
 from ._scalars import clip_coefficient
+from ._specialize import specialize
 
 __all__ = ["Optimizer", "ShortPath"]
 
@@ -61,6 +62,7 @@ class ShortPath(NamedTuple):
     callee: Callable[..., None]  # the compiled loop
     arguments: tuple  # its arguments (buffers, address table, scalar array)
     repeats: bool  # the class's _scalars_repeat
+    scalars: Callable[..., tuple]  # the class's _scalars, specialized for the kernel
     named: Callable[..., tuple]  # the kernel's named scalars (see Optimizer._scalars)
 
 
@@ -388,7 +390,8 @@ class Optimizer:
         if short is not None and type(grad_scale) is float and grad_scale == 1.0 and (
             grads is None if short[0] else type(grads) is list and len(grads) == self._num_params
         ):  # the short path (see ShortPath): the same step as below, decided already
-            flat, group, threshold, pack, grad_mult, callee, arguments, repeats, named = short
+            (flat, group, threshold, pack, grad_mult, callee, arguments, repeats, scalars,
+             named) = short
             if not group.hyper.dirty and config.parallel_threshold == threshold:
                 if not flat:
                     record_host_grads(group, grads, 0)
@@ -396,7 +399,7 @@ class Optimizer:
                 if callable(lr):
                     lr = lr_at(lr, self.step_count)
                 step = self.step_count + 1
-                rule_scalars = self._scalars(group.values, lr, step, group.host_state, named)
+                rule_scalars = scalars(self, group.values, lr, step, group.host_state, named)
                 # the scalars array holds them already if they equal the last ones packed
                 # (SGD, Adagrad, ... with a constant lr; see _scalars_repeat): equal floats
                 # are the same bits, but for 0.0 and -0.0, which an lr of zero can make
@@ -504,7 +507,9 @@ class Optimizer:
         return tuple(ShortPath(
             flat=group.flat is not None, group=group, threshold=config.parallel_threshold,
             pack=group.pack, grad_mult=grad_mult, callee=call[1], arguments=call[3],
-            repeats=self._scalars_repeat, named=group.kernel.named))
+            repeats=self._scalars_repeat,
+            scalars=specialize(type(self)._scalars, group.kernel.named.names),
+            named=group.kernel.named))
 
     #: ``_dispatch.run`` (a subclass with passes of its own overrides it)
     _run = staticmethod(run)
