@@ -1,9 +1,11 @@
 """``fastmoments bench``: every rule against this machine's memory-traffic ceiling.
 
 - :mod:`.cases`: what is timed: a :class:`~.cases.Case` (one step over flat buffers and
-  its memory traffic) for a fastmoments rule, torch.optim and in-place NumPy;
-- :mod:`.ceilings`: the in-place kernels with a rule's loads and stores and no math,
-  and the device copy;
+  its memory traffic, with the widths of its buffers for reduced-precision state:
+  :class:`~.cases.Storage`) for a fastmoments rule, torch.optim, bitsandbytes' 8-bit
+  optimizers and in-place NumPy;
+- :mod:`.ceilings`: the in-place kernels with a rule's loads and stores (at their
+  stored widths) and no math, and the device copy;
 - :mod:`.timing`: interleaved rounds, minimum and median; the first step in a fresh
   process;
 - :mod:`.machine`: the machine, the versions, other processes' load, ``--contend``;
@@ -16,10 +18,14 @@ The asv suite (``asv_benches/``) builds its cases from the same functions, so th
 """
 
 from .cases import (
+    BNB_8BIT,
     NUMPY_RULES,
     RULE_KWARGS,
+    STATE_DTYPES,
     TORCH_IMPLS,
     Case,
+    Storage,
+    bitsandbytes_case,
     fastmoments_case,
     numpy_case,
     optimizer_classes,
@@ -34,9 +40,12 @@ from .ceilings import (
     ceiling_kernel,
     cuda_ceiling_kernel,
     cuda_pass_ceiling_kernel,
+    cuda_storage_ceiling_kernel,
     device_copy_case,
     multipass_ceiling_case,
     pass_ceiling_kernel,
+    storage_ceiling_case,
+    storage_ceiling_kernel,
 )
 from .cli import DEFAULT_SIZES, add_arguments, main, run
 from .machine import machine_info
@@ -50,5 +59,7 @@ __all__ = [
     "ceiling_case", "ceiling_for", "multipass_ceiling_case", "pass_ceiling_kernel",
     "cuda_pass_ceiling_kernel", "device_copy_case", "torch_case", "numpy_case", "time_step",
     "time_steps", "first_step", "machine_info", "targets", "RULE_KWARGS", "TORCH_IMPLS",
-    "NUMPY_RULES", "DEFAULT_SIZES", "TINY_SIZE",
+    "NUMPY_RULES", "DEFAULT_SIZES", "TINY_SIZE", "Storage", "STATE_DTYPES", "BNB_8BIT",
+    "bitsandbytes_case", "storage_ceiling_case", "storage_ceiling_kernel",
+    "cuda_storage_ceiling_kernel",
 ]

@@ -6,7 +6,10 @@ single pass (``p[i] += g[i]`` and ``s[i] += g[i]`` per state buffer),
 :func:`pass_ceiling_kernel` for each pass of a multi-pass rule, and on a GPU also the
 device's own copy (:func:`device_copy_case`), the figure vendors quote. The CPU
 kernels are serial or parallel as the library chooses for the size; the CUDA ones are
-grid-stride kernels launched as the library's are.
+grid-stride kernels launched as the library's are. A step whose buffers are stored in
+other widths than its arithmetic (bfloat16 or int8 state: a
+:class:`~.cases.Storage`) gets :func:`storage_ceiling_kernel`: the same loads and
+stores, each at its stored width, and for int8 state one scale per block.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ import numpy as np
 
 from ...config import config
 from ...kernels.compile import build_generated, cached_njit
-from .cases import Case, host_data, on_backend, pass_fields, require_cuda
+from .cases import (
+    INT8_BLOCK,
+    Case,
+    Storage,
+    host_data,
+    on_backend,
+    pass_fields,
+    require_cuda,
+)
 
 # --------------------------------------------------- multi-pass ceilings
 _PASS_CEILING_SOURCE = """
@@ -157,12 +168,147 @@ def cuda_ceiling_kernel(n_states: int) -> Any:
     return _CUDA_CEILINGS[n_states]
 
 
+# ------------------------------------------------ widths of the buffers
+# The single-pass ceiling at the stored width of every buffer: a buffer in the
+# gradient's dtype gets ``+= gi`` as above, any other (uint16 bfloat16 patterns, uint8
+# codes) ``+= 1`` in its own type: one load and one store at its width, no conversion.
+# With block-scaled (int8) states the loop runs over the blocks, as the library's int8
+# loop does, and loads and stores each state's float32 scale once per block.
+_STORAGE_CEILING_SOURCE = """
+def {name}(blocks, p, g{args}):
+    for i in {range}(p.shape[0]):
+        {body}
+"""
+# (unsigned indices: with signed bounds loaded from ``blocks`` numba cannot tell that
+# ``i`` is not negative and wraps every access around, which stops the vectorization:
+# 4x slower here)
+_BLOCK_CEILING_SOURCE = """
+def {name}(blocks, p, g{args}):
+    for b in {range}(blocks.shape[0] - 1):
+        for i in range(np.uint64(blocks[b]), np.uint64(blocks[b + 1])):
+            {body}
+        {scales}
+"""
+_CUDA_STORAGE_CEILING_SOURCE = """
+def ceiling(blocks, p, g{args}):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        {body}
+"""
+_STORAGE_CEILINGS: dict[tuple, Any] = {}
+
+
+def _storage_source(template: str, storage: Storage, **names: str) -> str:
+    def add(buffer: str, dtype: str) -> str:
+        return f"{buffer}[i] += gi" if dtype == storage.grad else f"{buffer}[i] += 1"
+
+    states = [f"s{k}" for k in range(len(storage.states))]
+    body = "; ".join(["gi = g[i]", add("p", storage.param)]
+                     + [add(s, d) for s, d in zip(states, storage.states, strict=True)])
+    scaled = [f"a{k}" for k, q in enumerate(storage.scaled) if q]
+    args = "".join(f", s{k}" + (f", a{k}" if q else "") for k, q in enumerate(storage.scaled))
+    return template.format(args=args, body=body,
+                           scales="; ".join(f"{a}[b] += 1" for a in scaled), **names)
+
+
+def _storage_name(storage: Storage) -> str:
+    def code(dtype: str) -> str:
+        return np.dtype(dtype).str[1:]  # f4, u2, u1
+
+    states = "".join(code(s) + ("q" if q else "")
+                     for s, q in zip(storage.states, storage.scaled, strict=True))
+    return f"ceiling_{code(storage.param)}{code(storage.grad)}_{states or 'none'}"
+
+
+def storage_ceiling_kernel(storage: Storage, parallel: bool) -> Callable[..., None]:
+    """The CPU ceiling ``f(blocks, p, g, s0[, a0], s1[, a1], ...)`` of a step whose
+    buffers are stored as ``storage`` says: each loaded and stored once per element at
+    its width (``a{k}``: the float32 scales of a block-scaled state ``s{k}``, one per
+    block of ``blocks``, loaded and stored once per block; ``blocks`` is not read
+    without them).
+
+    Examples: bfloat16-state Adam over float32 parameters (20 bytes per element):
+    ``Storage("float32", "float32", ("uint16", "uint16"), (False, False))``; int8:
+    ``("uint8", "uint8"), (True, True)`` (16 bytes plus 16 per block of 256).
+    """
+    if len(storage.states) != len(storage.scaled):
+        raise ValueError(f"storage: {len(storage.states)} states and "
+                         f"{len(storage.scaled)} scale flags")
+    key = (storage, parallel)
+    if key not in _STORAGE_CEILINGS:
+        name = f"{_storage_name(storage)}_{'parallel' if parallel else 'serial'}"
+        template = _BLOCK_CEILING_SOURCE if any(storage.scaled) else _STORAGE_CEILING_SOURCE
+        source = _storage_source(template, storage, name=name,
+                                 range="prange" if parallel else "range")
+        fn = build_generated(source, name, __file__, None, {"np": np})
+        _STORAGE_CEILINGS[key] = cached_njit(error_model="numpy", parallel=parallel)(fn)
+    return _STORAGE_CEILINGS[key]
+
+
+def cuda_storage_ceiling_kernel(storage: Storage) -> Any:
+    """:func:`storage_ceiling_kernel` as a CUDA grid-stride kernel (states without
+    block scales: the library has no int8 CUDA loop)."""
+    if any(storage.scaled):
+        raise NotImplementedError("block-scaled (int8) state has no CUDA kernel")
+    key = (storage, "cuda")
+    if key not in _STORAGE_CEILINGS:
+        source = _storage_source(_CUDA_STORAGE_CEILING_SOURCE, storage)
+        from numba import cuda
+
+        _STORAGE_CEILINGS[key] = cuda.jit(
+            build_generated(source, "ceiling", __file__, None, {"cuda": cuda}))
+    return _STORAGE_CEILINGS[key]
+
+
+def storage_ceiling_case(storage: Storage, n: int, blocks: np.ndarray | None = None,
+                         backend: str = "cpu", seed: int = 0) -> Case:
+    """The ceiling of a step over ``n`` elements stored as ``storage``
+    (:func:`storage_ceiling_kernel`), serial or parallel as the library chooses.
+
+    ``blocks``: the starts of the blocks of the scaled states and, last, ``n``
+    (default: blocks of 256 over one tensor).
+    """
+    if any(storage.scaled) and blocks is None:
+        blocks = np.array([*range(0, n, INT8_BLOCK), n], dtype=np.int64)
+    if blocks is None:
+        blocks = np.zeros(1, dtype=np.int64)
+    blocks = np.asarray(blocks, dtype=np.int64)
+    param, grad = host_data(n, storage.param, seed)
+    buffers = [param, grad.astype(storage.grad)]
+    for dtype, q in zip(storage.states, storage.scaled, strict=True):
+        buffers.append(np.zeros(n, dtype=dtype))
+        if q:
+            buffers.append(np.zeros(len(blocks) - 1, dtype=np.float32))
+    arrays, sync = on_backend(backend, buffers)
+    if backend == "cuda":
+        from ...kernels import cuda as _gpu
+
+        kernel = cuda_storage_ceiling_kernel(storage)
+        device_blocks = _gpu.cuda.to_device(blocks)
+
+        def step() -> None:
+            _gpu.launch(kernel, n, device_blocks, *arrays)
+    else:
+        kernel = storage_ceiling_kernel(storage, n >= config.parallel_threshold)
+
+        def step() -> None:
+            kernel(blocks, *arrays)
+
+    n_states = len(storage.states)
+    return Case(step, n_states, n, np.dtype(storage.param).itemsize, 1, sync,
+                (arrays, blocks), None, None, storage,
+                blocks if any(storage.scaled) else None)
+
+
 # ----------------------------------------------------------------- cases
 def ceiling_for(case: Case, backend: str = "cpu", seed: int = 0) -> Case:
     """The ceiling of ``case``'s traffic: its passes' reads and writes, no math.
 
-    A multi-pass step gets one ceiling kernel per pass (:func:`multipass_ceiling_case`).
+    A multi-pass step gets one ceiling kernel per pass (:func:`multipass_ceiling_case`);
+    a step whose buffers have other widths than its parameters' (reduced-precision
+    state) the ceiling of those widths (:func:`storage_ceiling_case`).
     """
+    if case.storage is not None and not case.storage.uniform:
+        return storage_ceiling_case(case.storage, case.numel, case.blocks, backend, seed)
     dtype = np.dtype(f"f{case.itemsize}")
     (reads, writes, count, store_only), *more = map(pass_fields, case.traffic_passes)
     if not more and writes == reads - 1 and count == case.numel and not store_only:

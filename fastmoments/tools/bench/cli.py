@@ -21,12 +21,26 @@ Scenarios:
   --crossover  serial vs parallel kernels over a range of sizes (parallel_threshold)
   --torch      torch modules stepped by fastmoments and by torch.optim
                (fastmoments.tools.torch_bench; needs torch)
+  --distributed  run under mpiexec: the sharded optimizer's step phase by phase, next
+               to one process and raw MPI, with GB/s (fastmoments.tools.bench.distributed;
+               needs mpi4py); it alone runs, with --rules (default AdamW), --dtypes
 
 With --compare torch, torch.optim rows (fused=True, foreach=True; --torch-impls)
 and an in-place NumPy Adam/AdamW are added; "x fused" is torch fused time divided by
 fastmoments time (for --tiny/--many against torch with one tensor per array), both
 timed in the same rounds (torch fused runs alongside each fastmoments row and its
 ceiling), so that a drift of the machine between rows does not enter the ratio.
+
+With --state-dtype float32,bfloat16,int8 every rule of the sizes scenario runs once
+per state dtype (the optimizers' state_dtype; the flat path then holds one tensor),
+against the ceiling of its own traffic: each buffer loaded and stored at its stored
+width (bfloat16-state Adam over float32 parameters: 20 bytes per element; int8: 16
+plus 16 per block of 256 for the scales). "state B/p" is the bytes of state per
+parameter, measured from the optimizer's buffers; "ns/elem" the time per element
+(about the same in cache and at 1e7 where the arithmetic binds, not memory). With
+int8, bitsandbytes' 8-bit optimizer (Adam8bit, ...; --compare bitsandbytes, or
+whenever it is installed) is timed in the same rounds as fastmoments' int8 row:
+"x bnb" is its time over ours.
 
 Examples:
   fastmoments bench                                  every rule, 1e6 and 1e7, float32
@@ -35,10 +49,13 @@ Examples:
   fastmoments bench --sizes none --tiny --many --first-step --compare torch
   fastmoments bench --crossover --rules adam --sizes none
   fastmoments bench --rules adam --threads 1,2 --contend 1   with a busy process per core
+  fastmoments bench --rules adam,lion --state-dtype float32,bfloat16,int8 --threads 1,2
+  fastmoments bench --rules adam --state-dtype bfloat16,int8 --markdown   (for the docs)
   fastmoments bench --json > results.json
   fastmoments bench --compare torch --save results.json --plot gbps.png   (matplotlib)
   fastmoments bench --backend cuda --compare torch   NVIDIA GPU (device arrays)
   fastmoments bench --sizes none --torch             only the torch-module scenario
+  mpiexec -n 2 fastmoments bench --distributed --numel 1e7 --network-gbps 100,400
 
 See docs/performance.md for what was measured on the development machine.
 """
@@ -56,8 +73,15 @@ from typing import Any
 import numba
 
 from ...config import config
-from .cases import TORCH_IMPLS, optimizer_classes, require_cuda
+from .cases import (
+    STATE_DTYPES,
+    TORCH_IMPLS,
+    import_bitsandbytes,
+    optimizer_classes,
+    require_cuda,
+)
 from .machine import OtherLoad, machine_info, start_busy, stop_busy, threading_layer
+from .options import parse_list as _parse_list
 from .report import plot, render
 from .runner import TINY_SIZE, Runner
 
@@ -68,18 +92,6 @@ TORCH_BENCH = "fastmoments.tools.torch_bench"
 
 
 # --------------------------------------------------------------- parsing
-
-def _parse_list(text: str, allowed: Sequence[str] | None, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if allowed is not None:
-        lookup = {a.lower(): a for a in allowed}
-        bad = [t for t in items if t.lower() not in lookup]
-        if bad:
-            raise ValueError(f"--{what}: unknown {', '.join(bad)}; choose from "
-                             f"{', '.join(allowed)}")
-        items = [lookup[t.lower()] for t in items]
-    return list(dict.fromkeys(items))
-
 
 def _parse_sizes(text: str, what: str = "sizes") -> list[int]:
     if text.strip().lower() in ("", "none"):
@@ -116,6 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"elements per step, comma-separated, or 'none' "
                              f"(default: {DEFAULT_SIZES})")
     parser.add_argument("--dtypes", default="float32", help="float32,float64 (default: float32)")
+    parser.add_argument("--state-dtype", default=None,
+                        help="optimizer state dtypes of the sizes scenario, comma-separated: "
+                             f"{','.join(STATE_DTYPES)} (default: the parameters' dtype, one "
+                             "row set without the state columns)")
     parser.add_argument("--threads", default=None,
                         help="numba (and torch) thread counts, comma-separated "
                              "(default: numba's default, all usable cores)")
@@ -134,7 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cpu (NumPy arrays) or cuda (device arrays)")
     parser.add_argument("--compare", default="",
                         help="'torch': add torch.optim rows and in-place NumPy Adam/AdamW; "
-                             "'numpy': only the NumPy rows")
+                             "'numpy': only the NumPy rows; 'bitsandbytes': its 8-bit "
+                             "optimizers beside the int8 rows (needs --state-dtype int8; "
+                             "added without asking when installed)")
     parser.add_argument("--torch-impls", default="fused,foreach",
                         help="torch implementations to compare with: fused,foreach,forloop "
                              "(default: fused,foreach)")
@@ -160,10 +178,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contend", type=int, default=0, metavar="N",
                         help="run N busy-loop processes (pinned one per core) meanwhile")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the rows as a Markdown table (for the docs; ceilings "
+                             "as a column, columns equal in every row as a line above)")
     parser.add_argument("--save", metavar="FILE", help="also write the JSON results to FILE")
     parser.add_argument("--plot", metavar="PNG",
                         help="plot GB/s vs size per rule with the ceiling (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--distributed", action="store_true",
+                        help="run under mpiexec: the sharded optimizer, phase by phase "
+                             "(fastmoments.tools.bench.distributed; needs mpi4py)")
+    from . import distributed as bench_distributed
+
+    bench_distributed.add_arguments(parser.add_argument_group("--distributed options"))
     parser.set_defaults(run=run)
     try:
         torch_bench = _torch_bench()
@@ -215,7 +242,20 @@ def _resolve(args: argparse.Namespace) -> None:
     args.sizes = _parse_sizes(args.sizes)
     args.dtypes = _parse_list(args.dtypes, ["float32", "float64"], "dtypes")
     args.paths = _parse_list(args.paths, ["flat", "list"], "paths")
-    args.compare = _parse_list(args.compare, ["torch", "numpy"], "compare")
+    args.compare = _parse_list(args.compare, ["torch", "numpy", "bitsandbytes"], "compare")
+    if args.state_dtype is not None:
+        args.state_dtype = _parse_list(args.state_dtype, STATE_DTYPES, "state-dtype")
+        if not args.state_dtype:
+            raise ValueError(f"--state-dtype: expected one or more of {', '.join(STATE_DTYPES)}")
+    if "bitsandbytes" in args.compare:
+        if "int8" not in (args.state_dtype or []) or args.backend != "cpu":
+            raise ValueError("--compare bitsandbytes: its rows are timed beside fastmoments' "
+                             "int8 rows on the CPU; add --state-dtype int8")
+        try:
+            import_bitsandbytes()
+        except ImportError as exc:
+            raise ValueError(f"--compare bitsandbytes: cannot import it ({exc}); "
+                             "pip install bitsandbytes") from None
     args.torch_impls = _parse_list(args.torch_impls, TORCH_IMPLS, "torch-impls")
     args.first_step_sizes = _parse_sizes(args.first_step_sizes, "first-step-sizes")
     args.crossover_sizes = _parse_sizes(args.crossover_sizes, "crossover-sizes")
@@ -250,6 +290,10 @@ def _resolve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; print the table (or JSON). Returns 0, or 2."""
+    if getattr(args, "distributed", False):
+        from .distributed import run as run_distributed
+
+        return run_distributed(args)
     try:
         _resolve(args)
     except ValueError as exc:
@@ -298,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
             f"{info['usable_cores']} cores busy on average during the run: the timings "
             "(parallel ones most) are pessimistic")
     info["threading_layer"] = threading_layer()
-    text, doc = render(runner, info, args.json)
+    text, doc = render(runner, info, args.json, args.markdown)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if args.save:
         with open(args.save, "w") as handle:

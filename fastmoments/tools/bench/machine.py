@@ -113,6 +113,10 @@ def machine_info(backend: str = "cpu") -> dict[str, Any]:
             info["torch"] = importlib.metadata.version("torch")
         except importlib.metadata.PackageNotFoundError:
             info["torch"] = None
+    try:  # the peer of the int8 rows (--state-dtype int8)
+        info["bitsandbytes"] = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        info["bitsandbytes"] = None
     if backend == "cuda":
         from numba import cuda
 

@@ -57,6 +57,10 @@ def targets(rows: list[dict], first_steps: list[dict]) -> list[dict[str, Any]]:
         if r["impl"] != "fastmoments" or r["backend"] != "cpu":
             continue
         star = "" if r.get("single_pass", True) else "*"
+        state = r.get("state_dtype")
+        if state not in (None, r["dtype"]):  # reduced-precision state: its own targets
+            _state_targets(r, add)
+            continue
         who = (f"{r['rule']}{star} {r['path']} {fmt_size(r['size'])} {r['dtype']} "
                f"t{r['threads']}")
         if (r["scenario"] == "sizes" and r["path"] == "flat" and r["dtype"] == "float32"
@@ -84,25 +88,83 @@ def targets(rows: list[dict], first_steps: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _state_targets(r: dict, add: Any) -> None:
+    """The targets of a row with reduced-precision state (issue 22): float32
+    parameters, the flat path, 1e7 elements and more for the fractions, 1e6 and more
+    for the time against bitsandbytes."""
+    state = r["state_dtype"]
+    who = f"{r['rule']} {r['path']} {fmt_size(r['size'])} {state} t{r['threads']}"
+    if r["scenario"] != "sizes" or r["path"] != "flat" or r["dtype"] != "float32":
+        return
+    if r["size"] >= 10**7 and state == "bfloat16":
+        add("bfloat16 state: >= 0.90 of its ceiling", who, r.get("fraction"), 0.90)
+    if r["size"] >= 10**7 and state == "int8":
+        add("int8 state: >= 0.50 of its ceiling", who, r.get("fraction"), 0.50)
+    if state == "int8" and r["size"] >= 10**6:
+        add("int8 state: >= 5x bitsandbytes 8-bit", who, r.get("speedup_vs_bitsandbytes"),
+            5.0)
+
+
 # ----------------------------------------------------------------- output
-def _format_table(rows: list[dict]) -> str:
-    header = ["scenario", "impl", "rule", "path", "arrays", "size", "dtype", "thr", "traffic",
-              "time/step", "median", "GB/s", "of ceil", "x fused"]
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The header and the cells of the results table; the state columns only when
+    --state-dtype gave rows with a state dtype, "x bnb" only with bitsandbytes rows."""
+    states = any(r.get("state_dtype") for r in rows)
+    bnb = any("speedup_vs_bitsandbytes" in r for r in rows)
+    header = ["scenario", "impl", "rule", "path", "arrays", "size", "dtype",
+              *(["state"] if states else []), "thr", "traffic", "time/step", "median",
+              "GB/s", "of ceil", "x fused",
+              *(["B/elem", "state B/p", "ns/elem"] if states else []),
+              *(["x bnb"] if bnb else [])]
     lines = []
     for r in rows:
-        frac = r.get("fraction")
-        speed = r.get("speedup_vs_torch_fused")
         rule = (r["rule"] or "-") + ("" if r.get("single_pass", True) else "*")
         lines.append([
             r["scenario"], r["impl"], rule, r["path"], str(r["arrays"]),
             fmt_size(r["size"]), r["dtype"],
+            *([r.get("state_dtype") or "-"] if states else []),
             fmt_threads(r["threads"] if r["backend"] == "cpu" else r["block_size"],
                          r["backend"]),
             r["traffic"], fmt_time(r["time_min_s"]), fmt_time(r["time_median_s"]),
-            f"{r['gbps']:.2f}", "-" if frac is None else f"{frac:.2f}",
-            "-" if speed is None else f"{speed:.2f}",
+            f"{r['gbps']:.2f}", _num(r.get("fraction")), _num(r.get("speedup_vs_torch_fused")),
+            *([f"{r['bytes_per_step'] / r['size']:.2f}",
+               _num(r.get("state_bytes_per_param"), 3),
+               f"{r['time_min_s'] / r['size'] * 1e9:.2f}"] if states else []),
+            *([_num(r.get("speedup_vs_bitsandbytes"))] if bnb else []),
         ])
+    return header, lines
+
+
+def _format_table(rows: list[dict]) -> str:
+    header, lines = _table_cells(rows)
     return _columns(header, lines, right_from=4)
+
+
+def _markdown(rows: list[dict]) -> str:
+    """The rows other than the ceilings as a Markdown table, the ceiling's GB/s as a
+    column; a column whose cells are all equal becomes a line above the table."""
+    rows = [r for r in rows if r["impl"] != "ceiling"]
+    if not rows:
+        return ""
+    header, lines = _table_cells(rows)
+    at = header.index("of ceil")
+    header.insert(at, "ceiling GB/s")
+    for r, cells in zip(rows, lines, strict=True):
+        cells.insert(at, _num(r.get("ceiling_gbps")))
+    keep = [k for k in range(len(header)) if len({cells[k] for cells in lines}) > 1
+            or header[k] in ("impl", "rule", "time/step", "GB/s")]
+    same = [f"{header[k]} {lines[0][k]}" for k in range(len(header)) if k not in keep
+            and header[k] != "median" and lines[0][k] != "-"]
+    out = [f"All rows: {', '.join(same)}.", ""] if same else []
+    out.append("| " + " | ".join(header[k] for k in keep) + " |")
+    text = ("scenario", "impl", "rule", "path", "dtype", "state", "thr", "traffic")
+    out.append("|" + "|".join("---" if header[k] in text else "--:" for k in keep) + "|")
+    out += ["| " + " | ".join(cells[k] for k in keep) + " |" for cells in lines]
+    return "\n".join(out)
 
 
 def _columns(header: list[str], lines: list[list[str]], right_from: int) -> str:
@@ -155,9 +217,11 @@ def _block_size_summary(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def render(runner: Any, info: dict, as_json: bool) -> tuple[str, dict]:
-    """The text to print (the tables, or the JSON document) and the JSON document of a
-    finished :class:`~.runner.Runner` run on the machine described by ``info``."""
+def render(runner: Any, info: dict, as_json: bool,
+           as_markdown: bool = False) -> tuple[str, dict]:
+    """The text to print (the tables, the JSON document, or with ``as_markdown`` the
+    machine and the results as Markdown) and the JSON document of a finished
+    :class:`~.runner.Runner` run on the machine described by ``info``."""
     a = runner.args
     checked = targets(runner.rows, runner.first_step_rows)
     summary = _crossover_summary(runner.crossover_rows)
@@ -167,6 +231,7 @@ def render(runner: Any, info: dict, as_json: bool) -> tuple[str, dict]:
         "block_sizes": a.block_sizes if a.backend == "cuda" else None,
         "paths": a.paths, "chunk": a.chunk, "budget_s": a.budget, "backend": a.backend,
         "compare": a.compare, "torch_impls": a.torch_impls, "tiny": a.tiny,
+        "state_dtypes": getattr(a, "state_dtype", None),
         "many": list(a.many_shape) if a.many else None, "contend": a.contend,
         "rule_kwargs": {r: RULE_KWARGS[r] for r in a.rules if r in RULE_KWARGS},
     }
@@ -179,6 +244,16 @@ def render(runner: Any, info: dict, as_json: bool) -> tuple[str, dict]:
         doc["torch_modules"] = runner.torch_modules
     if as_json:
         return json.dumps(doc, indent=1), doc
+    if as_markdown:
+        load = info.get("other_processes_cores")
+        head = (f"{info['date'][:16].replace('T', ' ')}, {info['cpu']}, "
+                f"{info['usable_cores']} usable cores"
+                + ("" if load is None else f" (other processes kept {load:.2f} busy)")
+                + f"; fastmoments {info['source'] or info['fastmoments']}, numpy "
+                f"{info['numpy']}, numba {info['numba']}, torch {info['torch']}"
+                + (f", bitsandbytes {info['bitsandbytes']}" if info.get("bitsandbytes")
+                   else "") + f"; budget {a.budget} s per row.")
+        return "\n".join([head, "", _markdown(runner.rows)]) + "\n", doc
     out = [
         f"fastmoments bench  {info['date']}  backend={a.backend}",
         f"machine: {info['cpu']}, {info['usable_cores']} usable cores "
@@ -200,6 +275,15 @@ def render(runner: Any, info: dict, as_json: bool) -> tuple[str, dict]:
             out.append("* more than one pass over the buffers (per-tensor reductions); the "
                        "traffic column lists the passes, and the ceiling makes the same passes "
                        "(\"(1new)\": one of the writes goes to a buffer the pass does not read)")
+        if any(r.get("state_dtype") for r in runner.rows):
+            out.append("traffic \"p4 g4 s2,2\": bytes per element of the parameter, the "
+                       "gradient and each state as stored (q: plus a float32 scale per block "
+                       "of 256), each read and written once, the parameter and states also "
+                       "written; the ceiling moves the same bytes. B/elem: bytes moved per "
+                       "element; state B/p: bytes of optimizer state per parameter, from its "
+                       "buffers; x bnb: bitsandbytes' 8-bit step time over fastmoments' "
+                       "(timed in the same rounds); its rows' GB/s count the bytes a fused "
+                       "step moves")
         out.append("")
     for (size, dtype), copy in runner.copies.items():
         fractions = [r["fraction_of_copy"] for r in runner.rows
@@ -308,10 +392,12 @@ def plot(doc: dict, filename: str) -> None:
             ax.plot(*zip(*ceiling, strict=True), "k--", lw=2, label="ceiling (best in the run)")
         if copies:
             ax.plot(*zip(*copies, strict=True), ":", color="0.5", lw=2, label="device copy")
-        for impl, path in dict.fromkeys((r["impl"], r["path"]) for r in mine):
-            pts = sorted((r["size"], r["gbps"]) for r in mine
-                         if r["impl"] == impl and r["path"] == path)
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{impl} ({path})",
+        for impl, path, state in dict.fromkeys((r["impl"], r["path"], r.get("state_dtype"))
+                                               for r in mine):
+            pts = sorted((r["size"], r["gbps"]) for r in mine if r["impl"] == impl
+                         and r["path"] == path and r.get("state_dtype") == state)
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3,
+                    label=f"{impl} ({path}{', ' + state if state else ''})",
                     color=_COLORS.get(impl, "C5"), ls="-" if path == "flat" else ":")
         ax.set_xscale("log")
         ax.set_yscale("log")

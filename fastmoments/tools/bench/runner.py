@@ -1,8 +1,9 @@
 """The run: the job list built from the options, each job measured, the rows kept.
 
 :class:`Runner` turns the parsed options of ``fastmoments bench`` into jobs (one row
-each: a rule, torch or NumPy case at a size, dtype and thread count or block size),
-times every row interleaved with its ceiling, and keeps the rows, the crossover and
+each: a rule, torch or NumPy case at a size, dtype, state dtype and thread count or
+block size), times every row interleaved with its ceiling (and with its peers: torch's
+fused optimizer, bitsandbytes' 8-bit one), and keeps the rows, the crossover and
 first-step measurements and the notes that :mod:`.report` prints.
 """
 
@@ -20,7 +21,16 @@ from typing import Any
 import numba
 
 from ...config import config
-from .cases import NUMPY_RULES, Case, fastmoments_case, numpy_case, torch_case, traffic_label
+from .cases import (
+    BNB_8BIT,
+    NUMPY_RULES,
+    Case,
+    bitsandbytes_case,
+    fastmoments_case,
+    import_bitsandbytes,
+    numpy_case,
+    torch_case,
+)
 from .ceilings import ceiling_for, device_copy_case
 from .report import fmt_size, fmt_threads
 from .timing import Timing, first_step, time_steps
@@ -98,6 +108,17 @@ class Runner:
                 self.torch_ok = True
             except ImportError:
                 self.notes.append("torch is not installed: torch.optim rows skipped")
+        # bitsandbytes' 8-bit optimizers: timed with fastmoments' int8 rows, when asked
+        # for or, with --state-dtype int8, when installed
+        self.state_dtypes: list[str] | None = getattr(args, "state_dtype", None)
+        self.bnb_ok = False
+        if "int8" in (self.state_dtypes or []) and args.backend == "cpu":
+            try:
+                import_bitsandbytes()
+                self.bnb_ok = True
+            except ImportError:
+                self.notes.append("bitsandbytes is not installed: no 8-bit peer rows "
+                                  "(pip install bitsandbytes)")
 
     # -------------------------------------------------------- one measurement
     def _set_threads(self, threads: int) -> None:
@@ -106,32 +127,42 @@ class Runner:
             config.cuda_threads_per_block = threads
             return
         numba.set_num_threads(threads)
-        if self.torch_ok:
+        if self.torch_ok or self.bnb_ok:
             import torch
 
             torch.set_num_threads(threads)
 
     def _row(self, scenario: str, impl: str, rule: str | None, path: str, size: int,
              dtype: str, threads: int | None, case: Case, timing: Timing) -> dict[str, Any]:
-        return {
+        row = {
             "scenario": scenario, "impl": impl, "rule": rule, "path": path,
             "arrays": case.arrays, "size": size, "dtype": dtype,
             "threads": None if self.args.backend == "cuda" else threads,
             "block_size": threads if self.args.backend == "cuda" else None,
-            "backend": self.args.backend, "traffic": traffic_label(case.traffic_passes),
+            "backend": self.args.backend, "traffic": case.label,
             "bytes_per_step": case.bytes_per_step, "time_min_s": timing.min,
             "time_median_s": timing.median, "repeats": timing.repeats,
             "gbps": case.bytes_per_step / timing.min / 1e9, "single_pass": case.single_pass,
+            "state_dtype": case.state_dtype,
         }
+        if case.state_bytes is not None:  # measured from the optimizer's buffers
+            row["state_bytes_per_param"] = case.state_bytes / case.numel
+            row["state_bytes_per_param_per_state"] = (
+                case.state_bytes / case.numel / case.n_states if case.n_states else 0.0)
+        return row
 
     def _measure(self, build: Callable[[], Case], scenario: str, impl: str, rule: str | None,
                  path: str, size: int, dtype: str, threads: int,
-                 alongside: Callable[[], Case] | None = None) -> None:
+                 alongside: Callable[[], Case] | None = None,
+                 peers: Sequence[tuple[str, Callable[[], Case]]] = ()) -> None:
         """Time one case interleaved with its ceiling; record both.
 
         ``alongside``: torch's fused optimizer on the same problem, timed in the same
         rounds; the row's "x fused" is then the ratio of two minimums taken under the
         same machine state (this VM's speed drifts between jobs a minute apart).
+        ``peers``: ``(name, build)`` of other implementations of the same step (e.g.
+        ``"bitsandbytes"``), timed in the same rounds too; each gets a row of its own
+        (impl ``name``, against the same ceiling) and the row ``speedup_vs_{name}``.
         """
         self._set_threads(threads)
         try:
@@ -140,28 +171,40 @@ class Runner:
             self.notes.append(f"skipped: {exc}")
             return
         ceiling = ceiling_for(case, self.args.backend)
-        cases = [case, ceiling]
+        others: list[tuple[str, Case]] = []
         if alongside is not None:
             try:
-                cases.append(alongside())
+                others.append(("torch_fused", alongside()))
             except NotImplementedError:  # torch has no fused version of this rule
                 pass
-        timings = time_steps(cases, self.args.budget)
+        for name, build_peer in peers:
+            try:
+                others.append((name, build_peer()))
+            except NotImplementedError as exc:
+                self.notes.append(f"skipped: {exc}")
+        timings = time_steps([case, ceiling, *(c for _, c in others)], self.args.budget)
         mine, best = timings[0], timings[1]
         if case.current_passes is not None and case.current_passes() != case.traffic_passes:
             raise RuntimeError(f"{impl} {rule} {path} {size}: the traffic of a step changed "
                                "while it was timed (e.g. SWATS switched phase)")
-        key = (ceiling.traffic_passes, size, dtype, threads)
-        self._record_ceiling(key, scenario, ceiling, best)
+        key = (ceiling.traffic_passes, ceiling.storage, size, dtype, threads)
+        self._record_ceiling(key, scenario, ceiling, best, case.state_dtype)
         row = self._row(scenario, impl, rule, path, size, dtype, threads, case, mine)
         # the fraction of the ceiling timed alongside (same cache and machine state)
         row["ceiling_gbps"] = ceiling.bytes_per_step / best.min / 1e9
         row["fraction"] = row["gbps"] / row["ceiling_gbps"]
-        if len(timings) == 3:
-            row["torch_fused_alongside_s"] = timings[2].min
-            row["speedup_vs_torch_fused"] = timings[2].min / mine.min
-        self.rows.append(row)
-        del case, ceiling, cases
+        peer_rows = []
+        for (name, other), timing in zip(others, timings[2:], strict=True):
+            row[f"{name}_alongside_s"] = timing.min
+            row[f"speedup_vs_{name}"] = timing.min / mine.min
+            if name != "torch_fused":
+                peer = self._row(scenario, name, rule, path, size, dtype, threads, other,
+                                 timing)
+                peer["ceiling_gbps"] = row["ceiling_gbps"]
+                peer["fraction"] = peer["gbps"] / peer["ceiling_gbps"]
+                peer_rows.append(peer)
+        self.rows += [row, *peer_rows]
+        del case, ceiling, others
 
     def _measure_copy(self, size: int, dtype: str) -> None:
         """The device's copy bandwidth at ``size`` (``--backend cuda``): a row of its own,
@@ -172,12 +215,15 @@ class Runner:
         self.copies[(size, dtype)] = row
         self.rows.append(row)
 
-    def _record_ceiling(self, key: tuple, scenario: str, case: Case, timing: Timing) -> None:
-        # the ceiling of a traffic/size/dtype/threads: the best of all its measurements
-        _, size, dtype, threads = key
+    def _record_ceiling(self, key: tuple, scenario: str, case: Case, timing: Timing,
+                        state_dtype: str | None = None) -> None:
+        # the ceiling of a traffic/widths/size/dtype/threads: the best of all its
+        # measurements (its row names the state dtype of the first row it served)
+        size, dtype, threads = key[-3:]
         row = self.ceilings.get(key)
         if row is None:
             row = self._row(scenario, "ceiling", None, "flat", size, dtype, threads, case, timing)
+            row["state_dtype"] = state_dtype
             row["_medians"] = [timing.median]
             self.ceilings[key] = row
             self.rows.append(row)
@@ -211,8 +257,10 @@ class Runner:
             where = f"{fmt_size(size)} {dtype} {fmt_threads(threads, a.backend)}"
             if not comparisons:
                 torch_paths = []
+            # --state-dtype: each state dtype a row set of the sizes scenario
+            states = self.state_dtypes if scenario == "sizes" and self.state_dtypes else [None]
             for rule in a.rules:
-                for path in paths:
+                for state, path in ((s, p) for s in states for p in paths):
                     # torch fused on the same problem (for --tiny / --many: the user's
                     # list of tensors), timed alongside for the "x fused" column
                     fused_path = path if scenario == "sizes" else "list"
@@ -221,12 +269,21 @@ class Runner:
                             rule, "fused", size, dtype, fused_path, chunk, a.backend))
                         if "fused" in torch_impls else None
                     )
+                    # bitsandbytes' 8-bit optimizer beside the int8 rows (one tensor)
+                    peers = (
+                        [("bitsandbytes", lambda rule=rule: bitsandbytes_case(rule, size, dtype))]
+                        if self.bnb_ok and state == "int8" and path == "flat"
+                        and rule in BNB_8BIT else []
+                    )
+                    label = f"{rule} {path}" + (f" {state}" if state else "")
                     self.jobs.append(_Job(
-                        f"{rule} {path} {where}",
-                        lambda rule=rule, path=path, alongside=alongside: self._measure(
-                            lambda: fastmoments_case(rule, size, dtype, path, chunk, a.backend),
+                        f"{label} {where}",
+                        lambda rule=rule, path=path, alongside=alongside, state=state,
+                        peers=peers: self._measure(
+                            lambda: fastmoments_case(rule, size, dtype, path, chunk, a.backend,
+                                                     state_dtype=state),
                             scenario, "fastmoments", rule, path, size, dtype, threads,
-                            alongside)))
+                            alongside, peers)))
                 for impl in torch_impls:
                     for path in torch_paths:
                         self.jobs.append(_Job(
