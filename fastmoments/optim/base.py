@@ -336,10 +336,26 @@ class Optimizer:
 
     @property
     def state(self) -> list[dict[str, Any]]:
-        """Per-parameter state: a list (one entry per parameter) of dicts of views."""
+        """Per-parameter state: a list (one entry per parameter) of dicts of views.
+
+        An int8 state (``state_dtype="int8"``) has no per-parameter view: its codes share
+        scales by blocks of the whole buffer. It is given as its dequantized values, a
+        read-only float32 copy; its block scales are not listed.
+        """
         out = []
         for group in self._groups:
-            views = {name: group.views(name) for name in group.state}
+            views = {}
+            int8 = group.precision is not None and group.precision.state_dtype == "int8"
+            for name, buf in group.state.items():
+                if not int8:
+                    views[name] = group.views(name)
+                elif buf.shape == (group.numel,) and buf.dtype.itemsize == 1:
+                    parts = {n: group.state[n]
+                             for n in _precision.stored_layout(group, name, "int8")}
+                    values = _precision.decode_state(group, name, parts, "int8")
+                    values.flags.writeable = False
+                    views[name] = [values[int(group.offsets[j]):int(group.offsets[j + 1])]
+                                   .reshape(p.shape) for j, p in enumerate(group.params)]
             for j in range(len(group.params)):
                 out.append({name: v[j] for name, v in views.items()})
         return out
