@@ -101,6 +101,50 @@ def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour(half):
                           _narrow(exact, half, False, np.uint64(1)))
 
 
+def _element_bits_reference(key: int, index: int, stream: int) -> int:
+    """The documented hash in Python integers: lowbias32 of the index's low 32 bits
+    xor (key + stream * golden) mod 2**32."""
+    return P.mix32_host((index & 0xFFFFFFFF) ^ ((key + stream * 0x9E3779B9) & 0xFFFFFFFF))
+
+
+def test_the_random_bits_are_the_documented_hash():
+    @njit
+    def bits(key, index, stream):
+        return P.element_bits(key, index, stream)
+
+    rng = np.random.default_rng(3)
+    for key, index, stream in [(0, 0, 0), (0xFFFFFFFF, 2**32 - 1, 3), (12345, 2**40 + 7, 1),
+                               *zip(rng.integers(0, 2**32, 20).tolist(),
+                                    rng.integers(0, 2**50, 20).tolist(),
+                                    rng.integers(0, 6, 20).tolist())]:
+        expected = _element_bits_reference(key, index, stream)
+        assert bits(np.uint32(key), np.int64(index), stream) == expected
+        assert P.element_bits.py_func(np.uint32(key), index, stream) == expected  # simulator
+    # the index counts modulo 2**32: elements 2**32 apart in a group share their bits
+    assert bits(np.uint32(5), np.int64(7 + 2**32), 1) == bits(np.uint32(5), np.int64(7), 1)
+
+
+def test_the_bits_that_stochastic_rounding_uses_are_uniform_and_uncorrelated():
+    """The high 16 bits of the hash (what a bfloat16 rounding adds) over consecutive
+    elements: every value as frequent as chance allows, neighbours uncorrelated, and
+    each stream independent of the next."""
+    @njit
+    def draws(key, n, stream):
+        out = np.empty(n, np.float64)
+        for i in range(n):
+            out[i] = (P.element_bits(key, i, stream) >> np.uint32(16)) / 65536.0
+        return out
+
+    n = 1 << 20
+    key = np.uint32(P.step_key_host(11, 5))
+    u = draws(key, n, 2)
+    counts = np.bincount((u * 256).astype(np.int64), minlength=256)
+    chi2 = ((counts - n / 256) ** 2 / (n / 256)).sum()
+    assert chi2 < 255 + 6 * np.sqrt(2 * 255)  # 255 degrees of freedom, 6 sigma
+    for a, b in [(u[:-1], u[1:]), (u, draws(key, n, 3))]:
+        assert abs(np.corrcoef(a, b)[0, 1]) < 6 / np.sqrt(n)
+
+
 def test_the_host_key_is_the_jitted_key():
     @njit
     def key(seed, step):
@@ -262,8 +306,9 @@ def test_bad_precision_options_are_refused_by_name(kwargs, match):
 
 
 def test_rules_with_passes_of_their_own_refuse_reduced_state():
-    with pytest.raises(ValueError, match="state_dtype='bfloat16'.*not supported yet for LAMB"):
-        fm.LAMB([np.zeros(3, np.float32)], state_dtype="bfloat16")
+    # (bfloat16 state for LAMB, ND-Adam and SWATS: tests/test_precision_multipass.py)
+    with pytest.raises(ValueError, match="state_dtype='int8' is not supported for LAMB"):
+        fm.LAMB([np.zeros(3, np.float32)], state_dtype="int8")
     with pytest.raises(ValueError, match="init_second_moment"):
         fm.Yogi([np.zeros(3, np.float32)], state_dtype="bfloat16").init_second_moment(
             [np.ones(3, np.float32)])
@@ -494,24 +539,50 @@ def test_the_dynamic_maps():
 @pytest.mark.parametrize("signed", [True, False])
 def test_the_quantizer_is_the_float64_argmin(signed):
     qmap = Q.dynamic_map(signed)
-
-    lut = Q.lookup_tables()[1 if signed else 0]
-
-    @njit
-    def codes(qmap, x):
-        out = np.empty(x.size, np.uint8)
-        for i in range(x.size):
-            out[i] = Q.nearest_code(qmap, lut, x[i])
-        return out
-
     rng = np.random.default_rng(1)
     low = -1.0 if signed else 0.0
     x = np.concatenate([rng.uniform(low, 1, 100_000), 10.0 ** rng.uniform(-9, 0, 20_000),
                         qmap, (qmap[1:] + qmap[:-1]) / 2]).astype(np.float32)
     reference = np.argmin(np.abs(x.astype(np.float64)[:, None] - qmap.astype(np.float64)),
                           axis=1)
-    assert np.array_equal(codes(qmap, x), reference)
+    assert np.array_equal(_codes(int(signed), x), reference)
     assert np.array_equal(Q._nearest_codes_host(qmap, x), reference)
+
+
+@njit
+def _codes_jit(table, row, x):
+    out = np.empty(x.size, np.uint8)
+    for i in range(x.size):
+        out[i] = Q.nearest_code(table, row, x[i])
+    return out
+
+
+def _codes(row, x):
+    return _codes_jit(Q.code_table(), row, x)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_code_table_decides_exactly_where_the_float32_comparison_turns(signed):
+    """Around every limit (and at every map entry, bucket edge and special value), the
+    code from one read of the code table is the float32 comparison of the bucket's code
+    and the next one (what the loops did with three reads before; a tie keeps the lower
+    code), and the float32 argmin of the host quantizer."""
+    qmap = Q.dynamic_map(signed)
+    near = Q.limits()[int(signed), :-1].view(np.int32)[:, None] + np.arange(-3, 4)
+    buckets = (np.arange(1 << 16, dtype=np.uint32) << 16)[:, None] | np.array([0, 0xFFFF])
+    x = np.concatenate([near.astype(np.uint32).ravel().view(np.float32),
+                        buckets.astype(np.uint32).ravel().view(np.float32), qmap,
+                        np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)])
+    x = x[np.isnan(x) | (np.abs(x) <= 1)]  # what a value divided by its block's scale is
+    c = Q.lookup_tables()[int(signed)][x.view(np.uint32) >> 16].astype(np.int64)
+    n = np.minimum(c + 1, 255)
+    with np.errstate(invalid="ignore"):
+        three_reads = np.where((qmap[n] - x) < (x - qmap[c]), n, c)
+    assert np.array_equal(_codes(int(signed), x), three_reads)
+    assert np.array_equal(Q._nearest_codes_host(qmap, x), three_reads)
+    # beyond: the nearest end of the map
+    outside = np.array([np.inf, -np.inf, 1.5, -3.0, 1e30], np.float32)
+    assert np.array_equal(_codes(int(signed), outside), Q._nearest_codes_host(qmap, outside))
 
 
 def test_the_block_table_keeps_small_tensors_in_float32():
@@ -633,8 +704,8 @@ def test_int8_loops_agree_and_checkpoints_convert(monkeypatch, tmp_path):
 def test_int8_refusals():
     with pytest.raises(ValueError, match="state_dtype='int8' needs float32 or float64"):
         fm.Adam([np.zeros(3, BF16)], state_dtype="int8")
-    with pytest.raises(ValueError, match="int8' has no CUDA kernel"):
-        fm.Adam([cuda.to_device(np.zeros(3, np.float32))], state_dtype="int8")
+    with pytest.raises(ValueError, match="int8' on the GPU needs float32 parameters"):
+        fm.Adam([cuda.to_device(np.zeros(3, np.float64))], state_dtype="int8")
 
 
 def test_without_ml_dtypes_float64_parameters_keep_the_plain_path(monkeypatch):

@@ -1,4 +1,5 @@
-"""CUDA side: launching the generated grid-stride kernels, and a gradient reduction.
+"""CUDA side: launching the generated grid-stride kernels and the int8 block kernels,
+and a gradient reduction.
 
 Imported only when a CUDA array is seen (see ``fastmoments._arrays.cuda_module``).
 """
@@ -9,10 +10,11 @@ import numpy as np
 
 from .._arrays import cuda_module
 from ..config import config
+from .quantized import BLOCK, code_table, maps
 
 cuda = cuda_module()
 
-__all__ = ["launch", "sum_squares", "full"]
+__all__ = ["launch", "launch_blocks", "int8_tables", "sum_squares", "full"]
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -29,6 +31,28 @@ def launch(kernel, n: int, *args) -> None:
         return
     blocks, threads = _grid(n)
     kernel[blocks, threads](*args)
+
+
+def launch_blocks(kernel, n_blocks: int, *args) -> None:
+    """Run an int8 kernel (``quantized.cuda_source``) over ``n_blocks`` quantization
+    blocks: one thread block each (grid-stride beyond ``config.cuda_max_blocks``), with
+    the largest power of two of threads up to ``config.cuda_threads_per_block`` and the
+    block size (asynchronous)."""
+    if n_blocks <= 0:
+        return
+    threads = min(config.cuda_threads_per_block, BLOCK)
+    threads = 1 << (threads.bit_length() - 1)  # the reduction halves the threads
+    grid = n_blocks
+    if config.cuda_max_blocks is not None:
+        grid = min(grid, config.cuda_max_blocks)
+    kernel[grid, threads](*args)
+
+
+def int8_tables(blocks: np.ndarray, small: np.ndarray) -> tuple:
+    """The arguments of an int8 kernel after its states, on the device: a group's block
+    table, the maps and the code table (about 50 KB, copied per group rather than
+    cached: a cache would outlive a reset of the CUDA context)."""
+    return tuple(cuda.to_device(a) for a in (blocks, small, maps(), code_table()))
 
 
 @cuda.jit

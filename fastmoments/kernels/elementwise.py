@@ -29,7 +29,7 @@ value it loads (bfloat16 and float16 patterns to float32, float32 to float64), c
 the same rule, and narrows each result it stores (to nearest, or stochastically with
 bits from :func:`~.precision.element_bits` of the step's key and the element's index
 in the group); with a float32 master copy of 16-bit parameters it reads the master and
-writes both. Those loops take two more arguments: ``rounding`` (a ``uint64`` array
+writes both. Those loops take two more arguments: ``rounding`` (a ``uint32`` array
 holding the step's key, written by the host each step) on the CPU, and ``key`` and
 ``offset`` (the index of the first element) on the GPU.
 """
@@ -116,6 +116,10 @@ def {name}(param, grad{states}{extra}, rounding, scalars):
         param[i]{states_i}{extra_i}, = rule(param[i], grad[i]{states_i}{extra_i}, key, i{scalars})
 """
 
+# ``index`` (the element's index in the group, for the random bits) is a counter of its
+# own, not ``start + i``: LLVM then keeps the hash in 32-bit lanes (from ``start + i`` it
+# built a 64-bit vector and 512-bit instructions, which slowed the whole loop, see
+# kernels.precision)
 _REDUCED_MULTI_TEMPLATE = """
 def {name}(table{states}{extra}, rounding, scalars):
     {unpack}
@@ -125,10 +129,12 @@ def {name}(table{states}{extra}, rounding, scalars):
         n = table[2, j + 1] - start
         param = carray(void_pointer(table[0, j]), n, {param_dtype})
         grad = carray(void_pointer(table[1, j]), n, {param_dtype})
+        index = start
         {slices}
         for i in range(n):
             param[i]{states_k}{extra_k}, = rule(param[i], grad[i]{states_k}{extra_k}, key,
-                                                start + i{scalars})
+                                                index{scalars})
+            index += 1
 """
 
 _REDUCED_CUDA_TEMPLATE = """
@@ -277,6 +283,8 @@ class Kernel:
         sources += [quantized.loop_source("probe", flat, False, probe.state_names, (True,) * n,
                                           probe.scalar_names, probe._unpack())
                     for flat in (True, False)]
+        sources.append(quantized.cuda_source("probe", probe.state_names, (True,) * n,
+                                             probe.scalar_names, probe._fixed()))
         check_argument_names(self.name, names, sources)
         _CHECKED.add(key)
 
@@ -314,7 +322,7 @@ class Kernel:
         states_k = "".join(f", {s}_j[i]" for s in self.state_names)
         slices = "".join(f"{s}_j = {s}[start:start + n]; " for s in self.state_names)
         unpack = self._unpack()
-        fixed = "".join(f"{s} = fixed_{s}; " for s in self.fixed)
+        fixed = self._fixed()
         master = self.layout is not None and self.layout[3]
         if master:
             slices += "master_j = master[start:start + n]; "
@@ -335,6 +343,10 @@ class Kernel:
                          else "uint16"),
         )
 
+    def _fixed(self) -> str:
+        # CUDA kernels take every scalar; the fixed ones are replaced by constants
+        return "".join(f"{s} = fixed_{s}; " for s in self.fixed)
+
     def _unpack(self) -> str:
         # CPU loops take the scalars as one array of the buffer dtype (one argument to
         # type-check per call instead of a dozen); they are unpacked before the loop.
@@ -346,14 +358,15 @@ class Kernel:
     def _build(self, template: str, suffix: str, parallel: bool, extra_globals: dict):
         self._check_names()
         name = f"{self.name}_{suffix}{self._tag}_{_SOURCE_HASH}"
-        if self._signed is not None:  # int8 states: loops over blocks
-            if suffix == "cuda":
-                raise NotImplementedError("int8 state has no CUDA kernel yet")
+        if self._signed is not None and suffix == "cuda":  # int8 states: blocks
+            source = quantized.cuda_source(name, self.state_names, self._signed,
+                                           self.scalar_names, self._fixed())
+            extra_globals = {**extra_globals, **quantized.CUDA_GLOBALS}
+        elif self._signed is not None:
             source = quantized.loop_source(name, not suffix.startswith("multi"), parallel,
                                            self.state_names, self._signed, self.scalar_names,
                                            self._unpack() or "pass")
-            extra_globals = {**extra_globals, "np": np,
-                             "nearest_code": quantized.nearest_code}
+            extra_globals = {**extra_globals, **quantized.LOOP_GLOBALS}
         else:
             source = self._format(template, suffix, parallel)
         constants = {f"fixed_{s}": _CONSTANTS[s] for s in self.fixed}

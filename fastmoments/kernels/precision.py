@@ -26,11 +26,19 @@ both use them, and LLVM vectorizes them with the loop):
   in its group's flat layout and a stream number (one per buffer). The bits depend
   on nothing else: the same for any thread count, either loop, and the CUDA kernel.
   The mixer is the 32-bit "lowbias32" integer hash (C. Wellons' search of
-  xorshift-multiply hashes): bits = mix(index ^ mix(key + stream * golden)), one
-  round per element (the inner one is the same for every element of a buffer).
+  xorshift-multiply hashes): bits = mix(index mod 2**32 ^ (key + stream * golden)),
+  one round per element. Elements 2**32 apart in one group (16 GiB of float32) get
+  the same bits: their rounding errors are correlated, each is still unbiased.
 
-All integer work is done in ``uint64`` with explicit masks (numba would otherwise
-promote ``uint32`` arithmetic, and mixing signed and unsigned integers gives floats).
+All integer work is 32-bit and never overflows (a ``uint32`` product is taken in
+``uint64`` and masked): numba types ``uint32`` arithmetic as 64-bit, LLVM narrows it
+back when nothing wider is live, and the CUDA simulator runs the same lines on NumPy
+scalars, which would warn on a wrapping ``uint32`` operation. Nothing in the loops'
+hash or bfloat16 conversions is 64-bit: a single 64-bit vector operation (the index's
+high half, a 64-bit multiply) made LLVM use 512-bit registers for it, and the whole
+Adam loop ran 1.5x slower on the AVX-512 machine where this was measured. The loops
+must hold the key in a ``uint32`` (it is loaded, not computed, so LLVM cannot widen
+the index's 32-bit chain through it).
 
 The host side (NumPy) has the same conversions for whole arrays
 (:func:`bf16_bits_to_float32`, :func:`float32_to_bf16_bits`), used by state dicts and
@@ -56,22 +64,17 @@ __all__ = [
 
 _U16 = np.uint64(16)
 _U13 = np.uint64(13)
-_U15 = np.uint64(15)
 _U32 = np.uint64(32)
 _M32 = np.uint64(0xFFFFFFFF)
-_M16 = np.uint64(0xFFFF)
 _C1 = np.uint64(0x7FEB352D)
 _C2 = np.uint64(0x846CA68B)
 _GOLDEN = np.uint64(0x9E3779B9)
 _ABS = np.uint64(0x7FFFFFFF)
-_SIGN = np.uint64(0x80000000)
 _F32_INF = np.uint64(0x7F800000)
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 # bfloat16
-_BF16_QNAN = np.uint64(0x7FC0)
 _BF16_SIGN = np.uint64(0x8000)
-_BF16_HALF = np.uint64(0x7FFF)
 # float16
 _F16_INF = np.uint64(0x7C00)
 _F16_MAX_EXP = np.uint64(143)  # float32 biased exponent of 2^16: float16 overflows there
@@ -88,26 +91,36 @@ _U23 = np.uint64(23)
 
 
 # ----------------------------------------------------------------- the hash
+# 32-bit constants: an operation of two uint32 values stays 32-bit in LLVM
+_S15 = np.uint32(15)
+_S16 = np.uint32(16)
+_ONE32 = np.uint32(1)
+_ABS32 = np.uint32(0x7FFFFFFF)
+_SIGN32 = np.uint32(0x80000000)
+_INF32 = np.uint32(0x7F800000)
+_QNAN32 = np.uint32(0x7FC00000)
+_HALF32 = np.uint32(0x7FFF)
+
+
 @rule
 def mix32(x):
-    """lowbias32: a bijection of 32-bit integers with strong avalanche (``uint64`` in
-    and out, the value below 2**32)."""
-    x = x ^ (x >> _U16)
-    x = (x * _C1) & _M32
-    x = x ^ (x >> _U15)
-    x = (x * _C2) & _M32
-    return x ^ (x >> _U16)
+    """lowbias32: a bijection of 32-bit integers with strong avalanche (the low 32 bits
+    of ``x`` in, a ``uint32`` out)."""
+    x = np.uint32(np.uint64(x) & _M32)
+    x = np.uint32(x ^ (x >> _S16))
+    x = np.uint32((np.uint64(x) * _C1) & _M32)
+    x = np.uint32(x ^ (x >> _S15))
+    x = np.uint32((np.uint64(x) * _C2) & _M32)
+    return np.uint32(x ^ (x >> _S16))
 
 
 @rule
 def element_bits(key, index, stream):
-    """32 random bits (in a ``uint64``) for element ``index`` of buffer ``stream`` at
-    the step whose :func:`step_key` is ``key``."""
-    # the stream's key does not depend on the index: LLVM hoists it out of the loops,
-    # leaving one round of the mixer per element and buffer
-    stream_key = mix32((key + np.uint64(stream) * _GOLDEN) & _M32)
-    i = np.uint64(index)
-    return mix32(((i ^ (i >> _U32)) & _M32) ^ stream_key)
+    """32 random bits (a ``uint32``) for element ``index`` of buffer ``stream`` at the
+    step whose :func:`step_key` is ``key`` (a ``uint32`` in the loops; the index counts
+    modulo 2**32)."""
+    stream_key = np.uint32((np.uint64(key) + np.uint64(stream) * _GOLDEN) & _M32)
+    return mix32(np.uint32(np.uint64(index) & _M32) ^ stream_key)
 
 
 def mix32_host(x: int) -> int:
@@ -148,20 +161,29 @@ def _f32_bits(x):
 @rule
 def f32_to_bf16_nearest(x):
     """The bfloat16 pattern nearest to ``x`` (ties to even; NaN: quiet NaN, sign kept)."""
-    b = _f32_bits(x)
-    if (b & _ABS) > _F32_INF:
-        return np.uint16(((b >> _U16) & _BF16_SIGN) | _BF16_QNAN)
-    return np.uint16((b + _BF16_HALF + ((b >> _U16) & _ONE)) >> _U16)
+    # the magnitude is rounded and the sign put back: a NaN's pattern plus the half
+    # never wraps (the simulator's uint32 would warn), and the select of the NaN
+    # comes before one narrowing to 16 bits
+    b = np.float32(x).view(np.uint32)
+    a = np.uint32(b & _ABS32)
+    r = np.uint32(a + _HALF32 + np.uint32((a >> _S16) & _ONE32))
+    if a > _INF32:
+        r = _QNAN32
+    return np.uint16(np.uint32(r | np.uint32(b & _SIGN32)) >> _S16)
 
 
 @rule
 def f32_to_bf16_stochastic(x, bits):
     """``x`` rounded to a neighbouring bfloat16 pattern with probability proportional
-    to its distance from the other one (``bits``: random, low 16 used)."""
-    b = _f32_bits(x)
-    if (b & _ABS) > _F32_INF:
-        return np.uint16(((b >> _U16) & _BF16_SIGN) | _BF16_QNAN)
-    return np.uint16(((b + (bits & _M16)) >> _U16) & _M16)
+    to its distance from the other one (``bits``: random, the high 16 of the low 32
+    used)."""
+    b = np.float32(x).view(np.uint32)
+    a = np.uint32(b & _ABS32)
+    # the high half of the hash: lowbias32's last step only mixes it into the low half
+    r = np.uint32(a + np.uint32(np.uint32(np.uint64(bits) & _M32) >> _S16))
+    if a > _INF32:
+        r = _QNAN32
+    return np.uint16(np.uint32(r | np.uint32(b & _SIGN32)) >> _S16)
 
 
 # --------------------------------------------------------------- float16

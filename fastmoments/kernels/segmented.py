@@ -33,17 +33,21 @@ param group with buffers that it keeps (nothing allocated per step).
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 from functools import cached_property
 
+import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from . import precision
 from .compile import (
     argument_marks,
     build_generated,
     check_argument_names,
     cpu_loop,
+    rule,
     source_hash,
 )
 from .elementwise import named_scalars
@@ -56,15 +60,16 @@ MAX_THREADS = 1024
 # the generated loops' names carry this hash: an edit of any of these files (the
 # rules, the templates, the chunk table's columns, how a pass is run) gives new names
 _SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules", "segmented.py",
-                           "segments.py", "segmented_run.py")
+                           "segments.py", "segmented_run.py", "precision.py")
 
 
 # ------------------------------------------------------------- generation
 # The serial loop over the chunks ``first_chunk`` to ``stop_chunk`` of the table.
 _CPU_TEMPLATE = """
-def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
+def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states}{extra},
            scalars, first_chunk, stop_chunk):
     {unpack}
+    {key}
     for c in range(first_chunk, stop_chunk):
         j = chunks[c, 0]
         seg = chunks[c, 1]
@@ -73,8 +78,8 @@ def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sum
         stride = chunks[c, 4]
         base = offsets[j]
         n = offsets[j + 1] - base
-        param = carray(void_pointer(param_addresses[j]), n, scalars.dtype)
-        grad = carray(void_pointer(grad_addresses[j]), n, scalars.dtype)
+        param = carray(void_pointer(param_addresses[j]), n, {param_dtype})
+        grad = carray(void_pointer(grad_addresses[j]), n, {param_dtype})
         {segment_unpack}
         if stride == 1:
 {contiguous}
@@ -87,11 +92,11 @@ def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sum
 # a loop of one call instead of the whole rule, which shortens the compilation of a cold
 # first step at the same speed per step.
 _CPU_PARALLEL_TEMPLATE = """
-def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
+def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states}{extra},
            scalars, bounds):
     for group in prange(bounds.shape[0] - 1):
-        chunk_loop(param_addresses, grad_addresses, offsets, chunks, segment_values, sums{states},
-                   scalars, bounds[group], bounds[group + 1])
+        chunk_loop(param_addresses, grad_addresses, offsets, chunks, segment_values,
+                   sums{states}{extra}, scalars, bounds[group], bounds[group + 1])
 """
 
 # The strided loop (segments along an inner axis, e.g. ND-Adam's columns).
@@ -100,7 +105,8 @@ _CPU_STRIDED = """
             {acc_init}
             for k in range(count):
                 i = first + k * stride
-                {targets_cpu} = rule(param[i], grad[i]{states_cpu}{segment_args}{scalar_args})
+                {targets_cpu} = rule(param[i], grad[i]{states_cpu}{segment_args}{index_i}
+                                     {scalar_args})
                 {acc_update}
 """
 # A kernel for tables whose chunks are all contiguous (whole tensors, rows) has no
@@ -249,6 +255,54 @@ class SegmentedKernel:
         self.num_terms = int(num_terms)
         self.writes = tuple(writes)
         self._names_checked = False
+        #: how the buffers are stored (see :meth:`reduced`); None: as the arithmetic
+        self.layout: tuple | None = None
+        self._loop_rule = rule_fn
+        self._variants: dict[tuple, SegmentedKernel] = {}
+
+    def reduced(self, layout: tuple) -> SegmentedKernel:
+        """This pass's kernel for buffers stored in fewer bits than the arithmetic.
+
+        ``layout`` is ``(param, grad, states, master, streams, by_segment)``: the
+        codecs of the parameters (``"same"``, ``"bf16"``, ``"f16"``, or with ``"_sr"``
+        when stored stochastically rounded), of the gradients, and of each state (as
+        :meth:`~.precision.Precision.layout`, ``"same"`` for a scratch buffer); whether
+        a float32 master copy of 16-bit parameters is read and written (the last state
+        argument of the loops, ``master``); per state, the stream number of its random
+        bits, and whether they are keyed by the element's *segment* instead of its
+        index (a per-segment value repeated in each element, ND-Adam's ``v``, stays
+        equal in every element). The loops take the step's key in a ``uint32`` array,
+        ``rounding``, after the states (see :mod:`.elementwise` for the element-wise
+        rules' twin). One kernel per layout.
+        """
+        kernel = self._variants.get(layout)
+        if kernel is None:
+            kernel = copy.copy(self)
+            kernel._variants = {}
+            kernel.layout = layout
+            digest = hashlib.sha256(repr(layout).encode()).hexdigest()[:8]
+            kernel.name = f"{self.name}_r{digest}"
+            kernel._loop_rule = _element_function(kernel.name, self, layout)
+            # the cached loops of this kernel are not the variant's
+            for attr in ("serial", "parallel", "contiguous_serial", "contiguous_parallel",
+                         "cuda"):
+                kernel.__dict__.pop(attr, None)
+            self._variants[layout] = kernel
+        return kernel
+
+    @property
+    def _master(self) -> bool:
+        return self.layout is not None and bool(self.layout[3])
+
+    @property
+    def _loop_states(self) -> tuple[str, ...]:
+        """The state buffers the loops take: the rule's, then the master copy."""
+        return (*self.state_names, *(("master",) if self._master else ()))
+
+    @property
+    def _loop_writes(self) -> tuple[str, ...]:
+        return (*self.writes, *(("master",) if self._master and "param" in self.writes
+                                else ()))
 
     def _check_names(self) -> None:
         """Refuse a rule whose argument names the loops use for something else (a
@@ -265,25 +319,44 @@ class SegmentedKernel:
         probe.writes = tuple(marks.get(s, s) for s in self.writes)
         sources = [probe.cpu_source(parallel, strided)[1]
                    for parallel in (False, True) for strided in (False, True)]
+        n = len(self.state_names)
+        probe.layout = ("bf16", "bf16", ("bf16_sr",) * n, True, tuple(range(1, n + 1)),
+                        (True,) * n)
+        sources += [probe.cpu_source(parallel, strided)[1]
+                    for parallel in (False, True) for strided in (False, True)]
+        sources.append(_element_source("probe", probe, probe.layout))
+        probe.layout = None
         check_argument_names(self.name, names, [*sources, probe.cuda_source()[1]])
         self._names_checked = True
 
     def _pieces(self) -> dict[str, str]:
-        states = "".join(f", {s}" for s in self.state_names)
+        loop_states = self._loop_states
+        states = "".join(f", {s}" for s in loop_states)
         scalar_args = "".join(f", {s}" for s in self.scalar_names)
         segment_args = "".join(f", {s}" for s in self.segment_names)
+        reduced = self.layout is not None
+        # a reduced kernel's element function also takes the step's key, the element's
+        # index in the group's flat layout and its segment (see ``reduced``)
+        index = ", key, {}, seg" if reduced else ""
 
         terms = range(self.num_terms)
         return dict(
+            extra=", rounding" if reduced else "",
+            key="key = rounding[0]" if reduced else "pass",
+            param_dtype=("uint16" if reduced and self.layout[0] != "same"
+                         else "scalars.dtype"),
+            index_i=index.format("base + i"),
             states=states,
             scalar_args=scalar_args,
             scalar_params=scalar_args,
-            states_cpu="".join(f", {s}[base + i]" for s in self.state_names),
-            call_c=self._call("_c", segment_args + scalar_args),
-            call_b=self._call("_b", segment_args + scalar_args),
+            states_cpu="".join(f", {s}[base + i]" for s in loop_states),
+            call_c=self._call("_c", segment_args + index.format("base + first + k")
+                              + scalar_args),
+            call_b=self._call("_b", segment_args + index.format("base + start + k")
+                              + scalar_args),
             targets_c=self._targets("param_c[k]", "{s}_c[k]", "term{k}"),
             slices="; ".join(f"{s}_c = {s}[base + first:base + first + count]"
-                             for s in self.state_names) or "pass",
+                             for s in loop_states) or "pass",
             states_cuda="".join(f", {s}[i]" for s in self.state_names),
             targets_cpu=self._targets("param[i]", "{s}[base + i]", "term{k}"),
             targets_cuda=self._targets("param[i]", "{s}[i]", "term{k}"),
@@ -300,7 +373,8 @@ class SegmentedKernel:
 
     def _build(self, source: str, name: str, extra_globals: dict):
         self._check_names()
-        return build_generated(source, name, __file__, self.rule, extra_globals)
+        return build_generated(source, name, __file__, self._loop_rule,
+                               {"uint16": np.uint16, **extra_globals})
 
     def _contiguous(self, pieces: dict[str, str]) -> str:
         if not self.num_terms:
@@ -309,7 +383,7 @@ class SegmentedKernel:
         return _CPU_BLOCKS.format(
             block=BLOCK,
             block_slices="; ".join(f"{s}_b = {s}[base + start:base + stop]"
-                                   for s in self.state_names) or "pass",
+                                   for s in self._loop_states) or "pass",
             part_init="; ".join(f"part{k} = scalars.dtype.type(0)" for k in terms),
             targets_b=self._targets("param_b[k]", "{s}_b[k]", "term{k}"),
             call_b=pieces["call_b"],
@@ -321,15 +395,16 @@ class SegmentedKernel:
     def _call(self, view: str, tail: str) -> str:
         """The rule called on element ``k`` of the unit-stride views named with the
         suffix ``view`` (``param_c``, ``exp_avg_c``, ...), then the arguments ``tail``."""
-        states = "".join(f", {s}{view}[k]" for s in self.state_names)
+        states = "".join(f", {s}{view}[k]" for s in self._loop_states)
         return f"rule(param{view}[k], grad{view}[k]{states}{tail})"
 
     def _targets(self, param: str, state: str, term: str) -> str:
         """The left side of ``... = rule(...)``: ``param`` / ``state`` (a format with
         ``{s}``) where stored, a dummy name where only read, then the terms."""
         out = [param if "param" in self.writes else "_param"]
-        for s in self.state_names:
-            out.append(state.format(s=s) if s in self.writes else f"_{s}")
+        writes = self._loop_writes
+        for s in self._loop_states:
+            out.append(state.format(s=s) if s in writes else f"_{s}")
         out += [term.format(k=k) for k in range(self.num_terms)]
         return ", ".join(out) + ("," if len(out) == 1 else "")
 
@@ -396,6 +471,9 @@ class SegmentedKernel:
     def cuda(self):
         from numba import cuda, float64
 
+        if self.layout is not None:  # (the GPU runs these rules in the arithmetic's dtype)
+            raise NotImplementedError(f"{self.name}: reduced-precision layouts run on the "
+                                      "CPU only")
         name, source = self.cuda_source()
         fn = self._build(source, name, {"cuda": cuda, "float64": float64})
         return cuda.jit(fn)
@@ -404,3 +482,68 @@ class SegmentedKernel:
         return (f"SegmentedKernel({self.name}, states={self.state_names}, "
                 f"segments={self.segment_names}, terms={self.num_terms})")
 
+
+# ------------------------------------------------------- reduced precision
+# how the element function widens a stored value and narrows a result (the codecs of
+# :mod:`.elementwise`; ``{bits}``: the value's random bits)
+_LOAD = {"same": "{}", "f32": "{}", "bf16": "bf16_to_f32({})", "f16": "f16_to_f32({})"}
+_STORE = {
+    "same": "{}",
+    "f32": "np.float32({})",
+    "bf16": "f32_to_bf16_nearest({})",
+    "bf16_sr": "f32_to_bf16_stochastic({}, {bits})",
+    "f16": "f32_to_f16_nearest({})",
+    "f16_sr": "f32_to_f16_stochastic({}, {bits})",
+}
+_GLOBALS = {"np": np, "bf16_to_f32": precision.bf16_to_f32, "f16_to_f32": precision.f16_to_f32,
+            "f32_to_bf16_nearest": precision.f32_to_bf16_nearest,
+            "f32_to_bf16_stochastic": precision.f32_to_bf16_stochastic,
+            "f32_to_f16_nearest": precision.f32_to_f16_nearest,
+            "f32_to_f16_stochastic": precision.f32_to_f16_stochastic,
+            "element_bits": precision.element_bits}
+
+
+def _element_source(name: str, kernel: SegmentedKernel, layout: tuple) -> str:
+    """The element function of a reduced kernel: widen what it loads, call the rule,
+    narrow what the pass stores (the values it only reads are returned as the rule
+    gave them, to dummy targets). Its arguments are the loop's: ``param, grad,
+    <states>, [master], <segment values>, key, index, seg, <scalars>``; it returns
+    ``(param, <states>, [master], <terms>)``."""
+    param, grad, states, master, streams, by_segment = layout
+    n = len(kernel.state_names)
+    ins = [f"s{k}" for k in range(n)]
+    args = ", ".join(("param", "grad", *ins, *(("master",) if master else ()),
+                      *kernel.segment_names, "key", "index", "seg", *kernel.scalar_names))
+    lines = [f"def {name}({args}):"]
+    lines.append("    p_ = " + ("master" if master else
+                                _LOAD[param.replace("_sr", "")].format("param")))
+    lines.append(f"    g_ = {_LOAD[grad].format('grad')}")
+    for k, codec in enumerate(states):
+        lines.append(f"    v{k} = {_LOAD[codec.replace('_sr', '')].format(ins[k])}")
+    terms = [f"t{k}" for k in range(kernel.num_terms)]
+    outs = ("p_", *(f"v{k}" for k in range(n)), *terms)
+    call = ", ".join(("p_", "g_", *(f"v{k}" for k in range(n)), *kernel.segment_names,
+                      *kernel.scalar_names))
+    lines.append(f"    {', '.join(outs)}, = rule({call})")
+    writes_param = "param" in kernel.writes
+    results = [_STORE[param].format("p_", bits="element_bits(key, index, 0)")
+               if writes_param else "p_"]
+    for k, (codec, stream, per_segment) in enumerate(zip(states, streams, by_segment)):
+        if kernel.state_names[k] not in kernel.writes:
+            results.append(f"v{k}")
+            continue
+        bits = f"element_bits(key, {'seg' if per_segment else 'index'}, {stream})"
+        results.append(_STORE[codec].format(f"v{k}", bits=bits))
+    if master:
+        results.append("np.float32(p_)")
+    results += terms
+    lines.append(f"    return {', '.join(results)},")
+    return "\n".join(lines) + "\n"
+
+
+def _element_function(name: str, kernel: SegmentedKernel, layout: tuple):
+    """The element function of ``layout`` (an inlined ``@rule``)."""
+    source = _element_source(name, kernel, layout)
+    namespace = {"rule": kernel.rule, **_GLOBALS}
+    exec(compile(source, f"<fastmoments segmented element {name}>", "exec"), namespace)
+    return rule(namespace[name])

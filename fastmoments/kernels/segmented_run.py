@@ -51,7 +51,7 @@ class Workspace:
 
     __slots__ = ("kernel", "dtype", "device", "values", "scalars", "sums", "totals",
                  "parallel_ready", "serial_ready", "_pack", "_scalar_bytes", "_grad_source",
-                 "_grad_addresses", "_offset_bytes", "_host_sums", "_device_buffers")
+                 "_grad_addresses", "_offsets", "_host_sums", "_device_buffers")
 
     def __init__(self, kernel: SegmentedKernel, segments: Segments, dtype: np.dtype,
                  device: str, offsets: np.ndarray) -> None:
@@ -74,7 +74,7 @@ class Workspace:
         self.parallel_ready = False
         #: the serial loops found compiled for these buffers (a pass with a stand-in)
         self.serial_ready = WhenReady()
-        self._offset_bytes = offsets[:-1] * self.dtype.itemsize
+        self._offsets = offsets[:-1]
         self._grad_addresses = np.zeros(len(offsets) - 1, dtype=np.int64)
         self._device_buffers: Any = None
 
@@ -96,8 +96,9 @@ class Workspace:
         Computed when ``source`` is another array than last time; the array is held,
         so its address stays valid (NumPy refuses to resize a referenced array).
         """
-        if source is not self._grad_source:
-            np.add(self._offset_bytes, host.address_of(source), out=self._grad_addresses)
+        if source is not self._grad_source:  # (16-bit gradients: 2 bytes per element)
+            np.multiply(self._offsets, source.dtype.itemsize, out=self._grad_addresses)
+            self._grad_addresses += host.address_of(source)
             self._grad_source = source
         return self._grad_addresses
 
@@ -113,9 +114,11 @@ class Workspace:
 
 def workspace(kernel: SegmentedKernel, group: Any, segments: Segments) -> Workspace:
     """The :class:`Workspace` of ``kernel`` over ``segments`` (built on first use)."""
+    # the dtype of the arithmetic (float32 for 16-bit parameters)
+    dtype = getattr(group, "compute_dtype", group.dtype)
     ws = segments._workspaces.get(kernel)
-    if ws is None or ws.dtype != group.dtype or ws.device != group.device:
-        ws = segments._workspaces[kernel] = Workspace(kernel, segments, group.dtype,
+    if ws is None or ws.dtype != dtype or ws.device != group.device:
+        ws = segments._workspaces[kernel] = Workspace(kernel, segments, dtype,
                                                       group.device, group.offsets)
     return ws
 
@@ -151,6 +154,9 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
     states
         The flat buffers of ``kernel.state_names``, in order; None: the group's state
         buffers of those names. (LAMB passes a scratch buffer beside its moments.)
+        A kernel with a layout (:meth:`~.segmented.SegmentedKernel.reduced`) also
+        gets the group's float32 master copy (``group.state["master_param"]``) when
+        its layout keeps one, and the step's key (``group.rounding``) here.
     stand_in, stand_in_args
         For a CPU pass without terms: ``stand_in(values, *stand_in_args)`` gives the
         pass's results bit for bit (in NumPy) from the segment values. When
@@ -184,6 +190,10 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             np.copyto(values, given, casting="unsafe")
     if states is None:
         states = tuple(group.state[name] for name in kernel.state_names)
+    if kernel.layout is not None:
+        if kernel.layout[3]:
+            states = (*states, group.state["master_param"])
+        states = (*states, group.rounding)
     if group.device == "cuda":
         _run_cuda(kernel, group, source, segments, ws, states)
     else:

@@ -39,11 +39,13 @@ def attach(group: Group, precision: _precision.Precision) -> None:
     """Give ``group`` its precision: compute dtype, 16-bit views, the key array."""
     group.precision = precision
     group.compute_dtype = precision.compute
-    group.rounding = np.zeros(1, dtype=np.uint64)
+    # the step's key for the random bits, a uint32 that the loops load (see
+    # kernels.precision: computed there, it would make LLVM widen the hash to 64 bits)
+    group.rounding = np.zeros(1, dtype=np.uint32)
     if precision.state == "int8":
-        if group.device == "cuda":
-            raise ValueError("state_dtype='int8' has no CUDA kernel yet; use 'bfloat16' on "
-                             "the GPU")
+        if group.device == "cuda" and precision.compute != np.float32:
+            raise ValueError("state_dtype='int8' on the GPU needs float32 parameters, got "
+                             f"{precision.compute}")
         precision.blocks = _quantized.block_table(group.offsets)
     if precision.param != "same":
         if group.device == "cuda":
@@ -94,9 +96,14 @@ def _allocate_int8(group: Group, value: float, signed: bool) -> tuple[np.ndarray
     blocks, small, _, n_small = group.precision.blocks
     unit = np.array([np.sign(value) if value else 0.0], dtype=np.float32)
     code = _quantized._nearest_codes_host(_quantized.dynamic_map(signed), unit)[0]
-    return (np.full(group.numel, code, dtype=np.uint8),
-            np.full(len(small), abs(value), dtype=np.float32),
-            np.full(n_small, value, dtype=np.float32))
+    arrays = (np.full(group.numel, code, dtype=np.uint8),
+              np.full(len(small), abs(value), dtype=np.float32),
+              np.full(n_small, value, dtype=np.float32))
+    if group.device == "cuda":
+        from ..kernels import cuda as _gpu
+
+        return tuple(_gpu.cuda.to_device(a) for a in arrays)
+    return arrays
 
 
 def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: bool) -> Kernel:
@@ -119,8 +126,13 @@ def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: b
         state.update(zip(names, arrays))
     group.state = state
     blocks, small, tensor_blocks, _ = group.precision.blocks
-    group.states = (*state.values(), blocks, small, tensor_blocks, _quantized.maps(),
-                    _quantized.lookup_tables())
+    if group.device == "cuda":  # the block table and the maps on the device
+        from ..kernels import cuda as _gpu
+
+        group.states = (*state.values(), *_gpu.int8_tables(blocks, small))
+    else:
+        group.states = (*state.values(), blocks, small, tensor_blocks, _quantized.maps(),
+                        _quantized.code_table())
     return kernel.reduced(layout)
 
 
@@ -163,9 +175,10 @@ def run(group: Group, source: Any, scalars: tuple) -> None:
     if source is not None and precision.param != "same" and not isinstance(source, list):
         source = (group.grad_data if group.flat is not None and source is group.flat.grad
                   else source.view(np.uint16))
-    if group.device == "cuda":
+    if group.device == "cuda" and group.kernel.layout is not None:
         _run_cuda(group, source, scalars, key)
         return
+    # (a kernel without layout: int8 for a rule without state, which runs as plain)
     group.rounding[0] = key
     _run_plain(group, source, scalars)
 
@@ -180,7 +193,20 @@ def _run_cuda(group: Group, source: Any, scalars: tuple, key: int) -> None:
     args = tuple(group.scalars)
     states = group.states
     cuda_kernel = kernel.cuda
-    key = np.uint64(key)
+    if group.precision.state == "int8":  # one thread block per quantization block
+        _, _, tensor_blocks, _ = group.precision.blocks
+        if not isinstance(source, list):
+            _gpu.launch_blocks(cuda_kernel, int(tensor_blocks[-1]),
+                               group.data, source, *states, np.int64(0),
+                               np.int64(tensor_blocks[-1]), np.int64(0), *args)
+            return
+        for j, (p, g) in enumerate(zip(group.params, source)):
+            first, last = int(tensor_blocks[j]), int(tensor_blocks[j + 1])
+            _gpu.launch_blocks(cuda_kernel, last - first, p.reshape(p.size),
+                               g.reshape(g.size), *states, np.int64(first),
+                               np.int64(last - first), np.int64(group.offsets[j]), *args)
+        return
+    key = np.uint32(key)
     if not isinstance(source, list):
         _gpu.launch(cuda_kernel, group.numel, group.data, source, *states, key, np.int64(0),
                     *args)
