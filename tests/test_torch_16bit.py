@@ -470,11 +470,12 @@ def test_bad_options_and_combinations_are_refused_clearly():
             fmt.Adam(params, **options)
     with pytest.raises(ValueError, match="float64 parameters"):
         fmt.Adam(wide, state_dtype="float64")
-    # rules with passes of their own do not take 16-bit parameters yet
-    with pytest.raises(ValueError, match="not supported yet for LAMB"):
-        fmt.LAMB(params)
-    opt = fmt.LAMB(wide)
-    with pytest.raises(ValueError, match="not supported yet for LAMB"):
+    # cautious passes do not take 16-bit parameters yet (LAMB, ND-Adam and SWATS do:
+    # tests/test_precision_multipass.py)
+    with pytest.raises(ValueError, match="cautious=True is not supported with reduced"):
+        fmt.Adam(params, cautious=True)
+    opt = fmt.Adam(wide, cautious=True)
+    with pytest.raises(ValueError, match="cautious=True is not supported with reduced"):
         opt.add_param_group({"params": params})
     assert len(opt.param_groups) == 1  # the refused group was not added
     with pytest.raises(TypeError, match="int64"):

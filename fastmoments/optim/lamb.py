@@ -19,7 +19,7 @@ from ..kernels.segmented_run import run, workspace
 from ..kernels.segments import Segments
 from ._groups import Group, full
 from ._scalars import bias_corrections
-from .multipass import _MOMENTS, _kept, _MultiPass, _reduced, _whole
+from .multipass import _MOMENTS, _advance_key, _kept, _MultiPass, _reduced, _variant, _whole
 
 __all__ = ["LAMB"]
 
@@ -111,6 +111,7 @@ class LAMB(_MultiPass):
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
         (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps,
          weight_decay, lr) = scalars
+        _advance_key(group)
         segments = _whole(self, group)
         k = self._groups.index(group)
         pass_scalars = (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
@@ -121,9 +122,12 @@ class LAMB(_MultiPass):
             second_scalars: tuple = (inv_bc1, inv_bc2, eps, weight_decay)
         else:  # pass 1 stores r, pass 2 reads it
             update = self._updates[k]
-            if update is None:
-                update = self._updates[k] = full(group, 0.0)
-            first, second = _LAMB_MOMENTS, _LAMB_APPLY
+            if update is None:  # in the arithmetic's dtype (float32 for 16-bit params)
+                update = self._updates[k] = (
+                    full(group, 0.0) if group.precision is None
+                    else np.zeros(group.numel, dtype=group.compute_dtype))
+            first, second = _variant(self, group, _LAMB_MOMENTS), _variant(self, group,
+                                                                          _LAMB_APPLY)
             first_states = (group.state["exp_avg"], group.state["exp_avg_sq"], update)
             second_states, second_scalars = (update,), ()
         squares = _reduced(self, run(first, group, source, segments, None, pass_scalars,
@@ -137,6 +141,8 @@ class LAMB(_MultiPass):
             self._trust_ready.call(steps, _lamb_trust, arguments, _lamb_trust_numpy, *arguments,
                                    self._stand_in_buffers)
         if group.device == "cuda":
+            run(second, group, source, segments, steps, second_scalars, second_states)
+        elif second is not _LAMB_APPLY:  # 16-bit parameters: no NumPy stand-in
             run(second, group, source, segments, steps, second_scalars, second_states)
         else:  # on a cold start NumPy stands in while the loop compiles in the background
             run(second, group, source, segments, steps, second_scalars, second_states,

@@ -18,6 +18,13 @@ buffers of the NumPy stand-ins.
 Every class takes the options shared by all optimizers (``nonfinite``,
 ``max_grad_norm``, ``clip_value``, see :class:`fastmoments.optim.base.Optimizer`) and
 keeps its state in flat buffers (``state_dict`` / ``load_state_dict`` as everywhere).
+
+Reduced precision (``state_dtype="bfloat16"``, 16-bit parameters, see
+:mod:`._precision`) works on the CPU as for the element-wise rules: the group's state
+buffers are kept in their stored form, and each pass runs its kernel's variant for the
+group's layout (:func:`_variant`, :meth:`~fastmoments.kernels.segmented.
+SegmentedKernel.reduced`), which widens what it loads and narrows what it stores with
+the step's key (:func:`_advance_key`, at the start of each step's ``_run``).
 """
 
 from __future__ import annotations
@@ -30,9 +37,12 @@ import numpy as np
 
 from ..kernels import rules as _rules
 from ..kernels.elementwise import named_scalars
+from ..kernels.precision import resolve as resolve_precision
+from ..kernels.precision import step_key_host
 from ..kernels.segmented import SegmentedKernel
 from ..kernels.segmented_run import run
 from ..kernels.segments import Parts, Segments, whole_tensors
+from . import _precision
 from ._groups import Group
 from .base import Optimizer
 
@@ -140,6 +150,10 @@ class _Layout:
         self.scalar_names = ("grad_mult", "clip_value", *scalar_names)
         self.named = named_scalars(name, scalar_names)
 
+    def reduced(self, layout: tuple) -> _Layout:
+        """Itself: the passes choose their kernels' layouts (:func:`_variant`)."""
+        return self
+
     def __repr__(self) -> str:
         return f"_Layout({self.name}, states={self.state_names})"
 
@@ -160,6 +174,36 @@ class _MultiPass(Optimizer):
     #: the passes work on a shard (see ``build_sharded``)
     shard_aware = True
 
+    def _precision_options(self, state_dtype: str | None, state_rounding: Any,
+                           master_weights: bool | None, seed: int) -> None:
+        """As :class:`~fastmoments.optim.base.Optimizer`'s, for the passes of
+        :func:`_variant`: bfloat16 (or float32) state and 16-bit parameters on the
+        CPU. The step's key is written by ``_run`` (:func:`_advance_key`), so ``_run``
+        stays the class's own."""
+        owner = type(self).__name__
+        self.state_dtype, self.state_rounding = state_dtype, state_rounding
+        self.master_weights, self.seed = master_weights, seed
+        found = [resolve_precision(group.dtype, state_dtype, state_rounding, master_weights,
+                                   seed, owner) for group in self._groups]
+        for group, precision in zip(self._groups, found):  # refuse before attaching
+            if precision is None:
+                continue
+            if precision.state == "int8":
+                # the int8 codec quantizes blocks of 256 elements inside one element-wise
+                # pass; these passes walk segments (ND-Adam's strided columns, a shard's
+                # pieces) that do not line up with the blocks
+                raise ValueError(f"{owner}: state_dtype='int8' is not supported for "
+                                 f"{owner}, whose passes walk segments of the buffer, not "
+                                 "int8's blocks; use state_dtype='bfloat16'")
+            if group.device == "cuda":
+                raise ValueError(f"{owner}: state_dtype={state_dtype!r} with {group.dtype} "
+                                 f"parameters is not supported on the GPU for {owner} yet "
+                                 "(its passes run in the parameters' dtype there); use "
+                                 "state_dtype=None and float32/float64 CUDA arrays")
+        for group, precision in zip(self._groups, found):
+            if precision is not None:
+                _precision.attach(group, precision)
+
     def _select(self, hyper: dict[str, Any]) -> _Layout:  # type: ignore[override]
         cls = type(self)
         layout = _LAYOUTS.get(cls)
@@ -169,6 +213,57 @@ class _MultiPass(Optimizer):
 
 
 _LAYOUTS: dict[type, _Layout] = {}
+
+#: the stream numbers of per-segment random bits start here (see :func:`_variant`)
+_SEGMENT_STREAMS = 32
+
+
+def _advance_key(group: Group) -> None:
+    """A new step of a reduced-precision group: its counter and the key of its random
+    bits (what ``optim._precision.run`` does before an element-wise loop)."""
+    precision = group.precision
+    if precision is not None:
+        precision.counter += 1
+        group.rounding[0] = step_key_host(precision.seed, precision.counter)
+
+
+def _variant(opt: Any, group: Group, kernel: SegmentedKernel,
+             per_segment: tuple[str, ...] = ()) -> SegmentedKernel:
+    """The kernel of a pass for the group's storage: ``kernel`` itself without a
+    precision (or when the pass touches nothing stored in fewer bits), else its
+    reduced variant.
+
+    A state's codec is the group's (:meth:`~fastmoments.kernels.precision.Precision.
+    layout`; ``"same"`` for a scratch buffer such as LAMB's ``update``), and its random
+    bits are stream ``1 + `` its place in the class's ``_state_names`` (as an
+    element-wise rule's), keyed by the element's index in the group. The states of
+    ``per_segment`` hold one value per segment repeated in each element (ND-Adam's
+    ``v``): their bits are keyed by the segment's number instead (stream
+    :data:`_SEGMENT_STREAMS` + that place), so every element rounds alike and the
+    copies stay equal.
+    """
+    precision = group.precision
+    if precision is None:
+        return kernel
+    cache = opt.__dict__.setdefault("_variants", {})
+    key = (id(group), kernel)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    param, grad, _, master = precision.layout(())
+    names = type(opt)._state_names
+    codecs = tuple(precision.layout((n,))[2][0] if n in group.state else "same"
+                   for n in kernel.state_names)
+    places = tuple(names.index(n) if n in names else 0 for n in kernel.state_names)
+    streams = tuple((_SEGMENT_STREAMS if n in per_segment else 1) + k
+                    for n, k in zip(kernel.state_names, places))
+    if param == "same" and not master and all(c == "same" for c in codecs):
+        found = kernel
+    else:
+        found = kernel.reduced((param, grad, codecs, bool(master), streams,
+                                tuple(n in per_segment for n in kernel.state_names)))
+    cache[key] = found
+    return found
 
 
 def _kept(buffers: dict, array: np.ndarray, build: Callable[[], Any]) -> Any:

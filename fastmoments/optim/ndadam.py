@@ -19,7 +19,7 @@ from ..kernels.segmented_run import run, workspace
 from ..kernels.segments import Segments
 from ._groups import Group
 from ._scalars import bias_corrections
-from .multipass import _MOMENTS, _MultiPass, _reduced, _segments, _table
+from .multipass import _MOMENTS, _advance_key, _MultiPass, _reduced, _segments, _table, _variant
 
 __all__ = ["NDAdam"]
 
@@ -144,9 +144,11 @@ class NDAdam(_MultiPass):
         return _segments(self, group, ("nd", axis), build)
 
     def _normalize(self, group: Group, vectors: Segments) -> None:
-        divisors = workspace(_DIVIDE, group, vectors).values
-        _divisors(_reduced(self, run(_SQUARE, group, "params", vectors, None, ())), divisors)
-        run(_DIVIDE, group, "params", vectors, divisors, ())
+        divide = _variant(self, group, _DIVIDE)
+        divisors = workspace(divide, group, vectors).values
+        _divisors(_reduced(self, run(_variant(self, group, _SQUARE), group, "params", vectors,
+                                     None, ())), divisors)
+        run(divide, group, "params", vectors, divisors, ())
 
     _scalar_names = ("one_minus_beta1", "beta2", "one_minus_beta2", "step_size",
                      "inv_bias_correction2", "eps")
@@ -172,22 +174,27 @@ class NDAdam(_MultiPass):
         grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bc2, eps = (
             scalars
         )
+        _advance_key(group)
         vectors, adam = self._tables(group)
         if adam.num_chunks:  # Adam for the 1-D parameters (no weight decay, eps outside)
-            run(_ND_ADAM, group, source, adam, None,
+            run(_variant(self, group, _ND_ADAM), group, source, adam, None,
                 (grad_mult, clip_value, 0.0, 1.0, one_minus_beta1, beta2, one_minus_beta2,
                  step_size, inv_bc2, 0.0, eps))
         if not vectors.num_segments:  # (a shard without vectors runs the reductions)
             return
-        radial = _reduced(self, run(_ND_RADIAL, group, source, vectors, None,
-                                    (grad_mult, clip_value)))
-        grad_bar_sq = _reduced(self, run(_ND_MOMENTS, group, source, vectors, radial,
-                                         (grad_mult, clip_value, one_minus_beta1)))
-        w_bar_sq = _reduced(self, run(_ND_STEP, group, source, vectors, grad_bar_sq,
+        radial = _reduced(self, run(_variant(self, group, _ND_RADIAL), group, source, vectors,
+                                    None, (grad_mult, clip_value)))
+        grad_bar_sq = _reduced(self, run(_variant(self, group, _ND_MOMENTS), group, source,
+                                         vectors, radial, (grad_mult, clip_value,
+                                                           one_minus_beta1)))
+        # the vector's v, one value in each of its elements, rounds alike in each
+        step = _variant(self, group, _ND_STEP, per_segment=("exp_avg_sq",))
+        w_bar_sq = _reduced(self, run(step, group, source, vectors, grad_bar_sq,
                                       (beta2, one_minus_beta2, step_size, inv_bc2, eps)))
-        divisors = workspace(_DIVIDE, group, vectors).values
+        divide = _variant(self, group, _DIVIDE)
+        divisors = workspace(divide, group, vectors).values
         _divisors(w_bar_sq, divisors)
-        run(_DIVIDE, group, "params", vectors, divisors, ())
+        run(divide, group, "params", vectors, divisors, ())
 
 
 @cached_njit(error_model="numpy")

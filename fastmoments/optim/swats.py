@@ -16,7 +16,7 @@ from ..kernels.segmented import SegmentedKernel
 from ..kernels.segmented_run import run
 from ._groups import Group
 from ._scalars import bias_corrections
-from .multipass import _MOMENTS, _kept, _MultiPass, _reduced, _whole
+from .multipass import _MOMENTS, _advance_key, _kept, _MultiPass, _reduced, _variant, _whole
 
 __all__ = ["SWATS"]
 
@@ -177,13 +177,15 @@ class SWATS(_MultiPass):
         return [(4, 3, group.numel)]
 
     def _run(self, group: Group, source: Any, scalars: tuple) -> None:
+        _advance_key(group)
         segments = _whole(self, group)
         if group.host_state["switched"]:
-            run(_SWATS_SGD, group, source, segments, None, scalars)
+            run(_variant(self, group, _SWATS_SGD), group, source, segments, None, scalars)
             return
         *args, lr = scalars
         group.host_state["lr_at_switch"] = lr  # the rate of the latest Adam step
-        totals = _reduced(self, run(_SWATS_ADAM, group, source, segments, None, args))
+        totals = _reduced(self, run(_variant(self, group, _SWATS_ADAM), group, source,
+                                    segments, None, args))
         if self._sums_ready.get(id(totals)) is totals:
             _add_column_sums(totals, self._dots)
         else:  # (a cold start: NumPy while it compiles)
