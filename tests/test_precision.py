@@ -721,3 +721,23 @@ def test_without_ml_dtypes_float64_parameters_keep_the_plain_path(monkeypatch):
         assert opt._groups[0].precision is None and "_run" not in vars(opt)
         opt.step([np.ones_like(p)])
         assert np.allclose(p, np.linspace(-1, 1, 7) - 0.1)
+
+
+def test_a_positive_second_moment_is_never_stored_as_zero():
+    """A block whose gradients span more than the unsigned map's range: the tiny second
+    moments become the smallest positive code, not 0 (a 0 under a nonzero first moment
+    made the next step lr * m / eps: 86 with lr 1e-3). Loops and host conversion agree."""
+    grad = np.full(4096, 1e-6, dtype=np.float32)
+    grad[0] = 10.0  # v: 100 at element 0, 1e-12 elsewhere (1e-14 of the block's scale)
+    params = [np.zeros(4096, dtype=np.float32)]
+    opt = fm.Adam(params, lr=1e-3, state_dtype="int8")
+    for _ in range(2):
+        opt.step([grad])
+    codes = opt._groups[0].state["exp_avg_sq"]
+    assert codes[0] == 255 and (codes[1:256] == 1).all()  # the first block spans 1e14
+    assert (codes[256:] == 255).all()  # the other blocks: equal values, each its own scale
+    assert np.abs(params[0]).max() < 2.1e-3  # two steps of about lr each, no eps blow-up
+    blocks, small, _, n_small = Q.block_table(np.array([0, 4096]))
+    values = opt.state[0]["exp_avg_sq"]
+    host_codes, _, _ = Q.quantize(values, blocks, small, n_small, signed=False)
+    np.testing.assert_array_equal(host_codes, codes)

@@ -159,14 +159,13 @@ def test_int8_adam_is_as_close_to_float32_as_bnb_adam8bit_on_the_demo_gradients(
     assert final["ours"][0] < 0.01 and steps["ours"][0] < 0.02
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a second moment below ~1.6e-7 of its block's absmax is stored as 0 (the nearest "
-    "entry of the unsigned map) while its first moment is not: the next step divides it by "
-    "eps; bitsandbytes' CPU grid never stores 0 and does not blow up (docs/precision.md, Accuracy)"
-))
 def test_int8_adam_is_as_close_to_float32_as_bnb_adam8bit_on_wide_gradient_scales():
+    """Gradients whose magnitudes span far more than a block's 8-bit range: a second
+    moment too small for the unsigned map's smallest entry must not be stored as 0 under
+    a nonzero first moment (quantized.nonzero_code); before that rule, one step here was
+    86 with lr 1e-3 (8.6e4 lr; bitsandbytes 171 % of lr). Measured since: step error
+    mean 3.2 %, max 95 % of lr (bitsandbytes 6.3 %, 99 %)."""
     steps, final = _distances(*_lognormal_gradients(0, 20))
-    # measured at 100 steps: bitsandbytes mean 7.6 %, max 171 % of lr; ours mean 40 %,
-    # max 8.6e4 lr (a single step of 86 where lr is 1e-3)
+    assert steps["ours"][0] <= 1.2 * steps["bnb"][0], steps
     assert steps["ours"][1] <= 1.5 * steps["bnb"][1], steps
     assert final["ours"][1] <= 1.5 * final["bnb"][1], final

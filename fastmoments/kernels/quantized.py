@@ -46,7 +46,8 @@ import numpy as np
 from .compile import rule
 
 __all__ = ["BLOCK", "THRESHOLD", "CHUNK", "dynamic_map", "maps", "lookup_tables", "limits",
-           "code_table", "code_slot", "code_of", "nearest_code", "magnitude", "block_table",
+           "code_table", "code_slot", "code_of", "nonzero_code", "nearest_code", "magnitude",
+           "block_table",
            "quantize", "dequantize", "loop_source", "cuda_source", "aux_names", "LOOP_GLOBALS",
            "CUDA_GLOBALS"]
 
@@ -203,6 +204,15 @@ def code_of(entry, slot):
 
 
 @rule
+def nonzero_code(code, x):
+    """``code``, or 1 (the unsigned map's smallest positive entry, 3.25e-7 of the block's
+    scale) where it is 0 for a positive ``x``. A second moment below half that entry
+    would round to 0 while its first moment need not: the next step would divide by eps
+    alone (a step of ``lr * m / eps``). bitsandbytes' CPU grid never stores 0 either."""
+    return np.uint8(code + np.uint8((code == np.uint8(0)) & (x > 0)))
+
+
+@rule
 def nearest_code(table, row, x):
     """The index of the entry of map ``row`` nearest to ``x`` (float32 arithmetic; the
     lower one on a tie, as ``argmin``; NaN: 0): one read of :func:`code_table`, no search
@@ -277,6 +287,8 @@ def quantize(values: np.ndarray, blocks: np.ndarray, small: np.ndarray, n_small:
         with np.errstate(invalid="ignore"):
             normalized = part / peak if peak > 0 else part - part
         codes[lo:hi] = _nearest_codes_host(qmap, normalized)
+        if not signed:  # as the loops (nonzero_code)
+            codes[lo:hi] += (codes[lo:hi] == 0) & (part > 0)
     return codes, absmax, kept
 
 
@@ -301,7 +313,8 @@ def aux_names(name: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------ loop sources
 #: the names the generated loops use besides numba's (see :func:`loop_source`)
-LOOP_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude}
+LOOP_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude,
+                "nonzero_code": nonzero_code}
 
 
 def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars: str,
@@ -361,8 +374,11 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
     for s_, sign in enumerate(signed):
         body.append(f"    entries[{s_}, k] = coding[{int(sign)}, slots[{s_}, k] >> 16]")
     body += ["for k in range(count):", "    i = base + np.uint64(k)"]  # the codes (vectorized)
-    for s_, name in enumerate(state_names):
-        body.append(f"    {name}[i] = code_of(entries[{s_}, k], slots[{s_}, k])")
+    for s_, (name, sign) in enumerate(zip(state_names, signed)):
+        code = f"code_of(entries[{s_}, k], slots[{s_}, k])"
+        if not sign:  # a positive value never stored as 0 (see nonzero_code)
+            code = f"nonzero_code({code}, work[{s_}, k])"
+        body.append(f"    {name}[i] = {code}")
     lines += ["    " + line for line in body]
     return lines
 
@@ -405,7 +421,8 @@ def loop_source(name: str, flat: bool, parallel: bool, state_names: tuple[str, .
 
 
 #: the names the generated CUDA kernels use besides ``cuda`` and the rule
-CUDA_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude}
+CUDA_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude,
+                "nonzero_code": nonzero_code}
 
 
 def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...],
@@ -474,7 +491,8 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
                  f"    slot = code_slot({w} / top if top > 0 else {w} - {w})",
                  # the table read here, not in a rule: the simulator runs rules as CPU
                  # functions, which cannot take its device arrays
-                 f"    {s}[i] = code_of(coding[{int(sign)}, slot >> 16], slot)"]
+                 f"    code = code_of(coding[{int(sign)}, slot >> 16], slot)",
+                 f"    {s}[i] = " + ("code" if sign else f"nonzero_code(code, {w})")]
     body.append("cuda.syncthreads()")  # the next block reuses the shared arrays
     lines += ["            " + line for line in body]
     return "\n".join(lines) + "\n"
