@@ -541,10 +541,14 @@ def main() -> None:
     only = sys.argv[3:]
     fm.config.background_compile = False
     comm = fm.distributed.as_communicator(MPI.COMM_WORLD)
+    run_cases(comm, {n: f for n, f in CASES.items() if not only or n in only}, out, folder)
+
+
+def run_cases(comm: Any, cases: dict[str, Any], out: str, folder: str) -> None:
+    """Run each case on every rank; rank 0 writes every rank's failures to ``out`` (JSON).
+    A case that raises is reported and the next one goes on (if no rank hangs)."""
     results: dict[str, Any] = {}
-    for name, fn in CASES.items():
-        if only and name not in only:
-            continue
+    for name, fn in cases.items():
         fails = Failures()
         start = time.perf_counter()
         try:

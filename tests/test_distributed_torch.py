@@ -43,7 +43,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,31 +290,13 @@ CASES: dict[str, Callable[[Any, mpi_cases.Failures, str], None]] = {
 }
 
 
-def _run(comm: Any, cases: dict[str, Callable], out: str, folder: str) -> None:
-    results: dict[str, Any] = {}
-    for name, fn in cases.items():
-        fails = mpi_cases.Failures()
-        start = time.perf_counter()
-        try:
-            fn(comm, fails, folder)
-        except Exception:  # reported, and the next case goes on (if no rank hangs)
-            fails.append(traceback.format_exc())
-        everyone = comm.allgather_object(list(fails))
-        results[name] = {
-            "failures": [f"rank {r}: {f}" for r, mine in enumerate(everyone) for f in mine],
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-    if comm.rank == 0:
-        with open(out, "w") as handle:
-            json.dump(results, handle, indent=1)
-
-
 def main(argv: list[str]) -> None:
     fm.config.background_compile = False
     if argv[0] == "--mpi":  # under mpiexec: the protocol table with MPICommunicator
         from mpi4py import MPI
 
-        _run(as_communicator(MPI.COMM_WORLD), {"protocol": case_protocol}, argv[1], argv[2])
+        mpi_cases.run_cases(as_communicator(MPI.COMM_WORLD), {"protocol": case_protocol},
+                            argv[1], argv[2])
         return
     import torch
     import torch.distributed as dist
@@ -325,7 +306,7 @@ def main(argv: list[str]) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank,
                             world_size=world,
                             timeout=datetime.timedelta(seconds=GLOO_TIMEOUT))
-    _run(as_communicator(dist.group.WORLD), CASES, out, folder)
+    mpi_cases.run_cases(as_communicator(dist.group.WORLD), CASES, out, folder)
     dist.barrier()  # every rank is done (rank 0 has written the results)
     # and out, without the interpreter's teardown: gloo's threads can abort it ("terminate
     # called without an active exception", exit -6), seen in one cold run of the suite

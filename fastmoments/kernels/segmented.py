@@ -50,7 +50,7 @@ from .compile import (
     rule,
     source_hash,
 )
-from .elementwise import named_scalars
+from .elementwise import _LOAD, _STORE, named_scalars
 
 __all__ = ["SegmentedKernel", "BLOCK", "MAX_THREADS"]
 
@@ -484,17 +484,8 @@ class SegmentedKernel:
 
 
 # ------------------------------------------------------- reduced precision
-# how the element function widens a stored value and narrows a result (the codecs of
-# :mod:`.elementwise`; ``{bits}``: the value's random bits)
-_LOAD = {"same": "{}", "f32": "{}", "bf16": "bf16_to_f32({})", "f16": "f16_to_f32({})"}
-_STORE = {
-    "same": "{}",
-    "f32": "np.float32({})",
-    "bf16": "f32_to_bf16_nearest({})",
-    "bf16_sr": "f32_to_bf16_stochastic({}, {bits})",
-    "f16": "f32_to_f16_nearest({})",
-    "f16_sr": "f32_to_f16_stochastic({}, {bits})",
-}
+# how the element function widens a stored value and narrows a result: _LOAD and _STORE,
+# the codecs of :mod:`.elementwise`
 _GLOBALS = {"np": np, "bf16_to_f32": precision.bf16_to_f32, "f16_to_f32": precision.f16_to_f32,
             "f32_to_bf16_nearest": precision.f32_to_bf16_nearest,
             "f32_to_bf16_stochastic": precision.f32_to_bf16_stochastic,
