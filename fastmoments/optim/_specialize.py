@@ -38,8 +38,13 @@ _INLINE = "__fastmoments_inline__"
 def inline(fn: Callable) -> Callable:
     """Mark a helper of ``_scalars`` whose body (after its docstring) is one ``return``
     of an expression of its parameters: :func:`specialize` may write that expression in
-    place of a call. Checked here: anything else raises TypeError at import."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+    place of a call. Checked here: anything else raises TypeError at import. Without its source (an
+    install of bytecode only) the helper stays unmarked, and calls to it stay calls."""
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return fn
+    tree = ast.parse(textwrap.dedent(source)).body[0]
     body = tree.body[1:] if ast.get_docstring(tree) is not None else tree.body
     params = [a.arg for a in tree.args.args]
     if (len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None
