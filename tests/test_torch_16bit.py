@@ -457,7 +457,6 @@ def test_bad_options_and_combinations_are_refused_clearly():
     params = list(make_model(torch.bfloat16).parameters())
     wide = list(make_model(torch.float32).parameters())
     cases = [
-        (dict(state_dtype="int8"), ValueError, "state_dtype='int8' is not available"),
         (dict(state_dtype="float16"), ValueError, "state_dtype must be one of"),
         (dict(state_dtype=torch.float16), ValueError, "state_dtype must be one of"),
         (dict(state_dtype="float64"), ValueError, "float64"),

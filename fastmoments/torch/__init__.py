@@ -6,7 +6,8 @@ does), then use ``fmt.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)`` wh
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler`` and ``state_dict()`` in torch's
 format. :func:`flatten_` puts a module's parameters and gradients in one buffer per
 dtype and device, so that a step over the whole model is one kernel call. float16 and
-bfloat16 CPU parameters are stepped in float32 (``master_weights``, ``state_dtype``).
+bfloat16 CPU parameters are stepped in float32 (``master_weights``, ``state_dtype``);
+``state_dtype="bfloat16"`` or ``"int8"`` stores the state in fewer bits.
 
 The classes (one per rule in :data:`fastmoments.__all__`: ``SGD``, ``Adagrad``,
 ``RMSprop``, ``Adadelta``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``,

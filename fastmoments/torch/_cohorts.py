@@ -27,7 +27,8 @@ split by step count *and* by whether the parameters are 16-bit), because the cor
 ``master_weights`` option is one per optimizer and means something only for them:
 float32 and float64 parameters in the same torch optimizer are stepped as without
 it. Between inner optimizers the state travels as values (bfloat16 states decoded
-exactly), and is written into the new one's stored form (:func:`_store`).
+exactly), and is written into the new one's stored form (:func:`_store`); int8 states
+travel as their stored parts, copied exactly (:mod:`._int8`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from .._arrays import as_cuda_array
 from ..kernels.precision import bf16_bits_to_float32, float32_to_bf16_bits
 from ..optim._precision import MASTER
 from ..optim.base import Optimizer as _Rule
+from . import _int8
 from ._flat import FlatSlot, live_slot, whole_buffer
+from ._int8 import Int8Parts
 from ._views import is_half, numpy_view
 
 __all__ = ["Cohorts"]
@@ -54,9 +57,10 @@ class _Record(NamedTuple):
     """One parameter's state on its way between inner optimizers (host copies)."""
 
     step: int
-    # flat values (float32 or float64, never a stored form), one per state buffer,
-    # ``master_param`` included when there is one; None: initial
-    buffers: dict[str, np.ndarray] | None
+    # one per state buffer, ``master_param`` included when there is one: flat values
+    # (float32 or float64; bfloat16 decoded), or an int8 state's parts (exact: see
+    # _int8); None: initial
+    buffers: dict[str, np.ndarray | Int8Parts] | None
     host: dict[str, float] | None  # the inner group's scalar state; None: initial
 
 
@@ -201,7 +205,14 @@ class Cohorts:
             params += ps
             keys += [k] * len(ps)
             group_keys.append(k)
-        inner = self._rule(inner_groups, **self._inner_options(half))
+        try:
+            inner = self._rule(inner_groups, **self._inner_options(half))
+        except (TypeError, ValueError) as exc:  # the core's refusal, said as this class's
+            message = str(exc)
+            owner = type(self).__name__
+            if not message.startswith(f"{owner}:"):
+                message = f"{owner}: {message}"
+            raise type(exc)(message) from None
         loaded = any(record is not None for _, _, record in entries)
         if step or loaded:
             self._load_records(inner, step, list(parts.values()))
@@ -226,8 +237,10 @@ class Cohorts:
         sd = inner.state_dict()
         sd["step_count"] = step
         for gi, part in enumerate(parts):
-            offsets = inner._groups[gi].offsets
-            names = set(sd["state"][gi])
+            group = inner._groups[gi]
+            offsets = group.offsets
+            int8 = _int8.is_int8(group)
+            names = set(_int8.state_names(group))
             for j, (p, record) in enumerate(part):
                 if record is None or record.buffers is None:
                     continue
@@ -241,9 +254,17 @@ class Cohorts:
                     values = record.buffers.get(name)
                     if values is None:  # only the master copy can be missing (see above)
                         continue
-                    if values.size != stop - start:
+                    size = values.codes.size if isinstance(values, Int8Parts) else values.size
+                    if size != stop - start:
                         raise ValueError(f"{owner}: the state of {self._where(p)}: {name!r} has "
-                                         f"{values.size} elements, the parameter {stop - start}")
+                                         f"{size} elements, the parameter {stop - start}")
+                    if int8 and name != MASTER:  # int8 parts copied, values quantized
+                        if not isinstance(values, Int8Parts):
+                            values = _int8.quantize(values, name)
+                        _int8.write(sd["state"][gi], group, j, name, values)
+                        continue
+                    if isinstance(values, Int8Parts):
+                        values = _int8.dequantize(values, name)
                     _store(sd["state"][gi][name][start:stop], values)
             host = next((r.host for _, r in part if r is not None and r.host is not None), None)
             if host is not None:
@@ -263,9 +284,13 @@ class Cohorts:
         j = 0
         for group in inner._groups:
             host = dict(group.host_state)
-            views = {name: group.views(name) for name in group.state}
+            int8 = _int8.is_int8(group)
+            views = {name: (_int8.tensor_parts(group, name) if int8 and name != MASTER
+                            else group.views(name)) for name in _int8.state_names(group)}
             for i in range(len(group.params)):
-                buffers = {name: _host_copy(v[i]) for name, v in views.items()}
+                buffers = {name: (Int8Parts(*(a.copy() for a in v[i]))
+                                  if isinstance(v[i], Int8Parts) else _host_copy(v[i]))
+                           for name, v in views.items()}
                 out[id(cohort.params[j])] = _Record(step, buffers, host)
                 j += 1
         return out

@@ -50,24 +50,19 @@ def precision_options(state_dtype: Any, state_rounding: Any, master_weights: Any
                       owner: str) -> dict[str, Any]:
     """The reduced-precision options, validated, as the inner optimizers take them.
 
-    ``state_dtype`` may be a name or a torch dtype; ``"int8"`` is refused (its blockwise
-    form has no per-parameter state-dict layout here yet). The values are checked by
-    the core's own parser (for 16-bit parameters, the case that takes them all); what
-    depends on the parameters' dtype (``"float64"`` state under float32 parameters) is
-    checked when the inner optimizers are built.
+    ``state_dtype`` may be a name or a torch dtype. The values are checked by the
+    core's own parser (for 16-bit parameters, the case that takes them all); what
+    depends on the parameters' dtype or the rule (``"float64"`` state under float32
+    parameters, ``"int8"`` under 16-bit ones or for a rule whose state holds iterates
+    of the parameters) is checked when the inner optimizers are built, by the core.
     """
     if isinstance(state_dtype, torch.dtype):
         if state_dtype not in _STATE_TORCH_DTYPES:
-            raise ValueError(f"{owner}: state_dtype must be one of {STATE_DTYPES[:3]}, "
+            raise ValueError(f"{owner}: state_dtype must be one of {STATE_DTYPES}, "
                              f"{tuple(_STATE_TORCH_DTYPES)} or None, got {state_dtype}")
         state_dtype = _STATE_TORCH_DTYPES[state_dtype]
-    if state_dtype == "int8":
-        raise ValueError(f"{owner}: state_dtype='int8' is not available in fastmoments.torch "
-                         "yet (its blockwise scales have no per-parameter state-dict form "
-                         "here); use state_dtype='bfloat16', or fastmoments' NumPy "
-                         "optimizers over tensor.numpy() views")
-    resolve(np.float16, None if state_dtype == "float64" else state_dtype, state_rounding,
-            master_weights, seed, owner)
+    resolve(np.float16, None if state_dtype in ("float64", "int8") else state_dtype,
+            state_rounding, master_weights, seed, owner)
     return {"state_dtype": state_dtype, "state_rounding": state_rounding,
             "master_weights": master_weights, "seed": int(seed)}
 
@@ -148,6 +143,11 @@ class HyperSync:
             if p.device.type not in ("cpu", "cuda"):
                 raise ValueError(f"{where} is on {p.device}; fastmoments steps CPU and CUDA "
                                  "tensors")
+            if p.device.type == "cuda" and self._precision["state_dtype"] == "int8":
+                raise TypeError(f"{where} is on {p.device}; state_dtype='int8' is for CPU "
+                                "tensors in fastmoments.torch for now (use "
+                                "state_dtype='bfloat16' for CUDA tensors, or "
+                                "fastmoments.Adam(..., state_dtype='int8') over them)")
             if not p.is_contiguous():
                 raise ValueError(f"{where} is not contiguous (strides {p.stride()}); make it "
                                  "contiguous first (p.data = p.data.contiguous())")

@@ -76,8 +76,9 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
     state_dtype, state_rounding, master_weights, seed
         Reduced precision, as for the NumPy optimizers (see the page "Reduced
         precision"): ``state_dtype`` None (float32 for 16-bit parameters, else the
-        parameters' dtype), ``"float32"``, ``"float64"`` or ``"bfloat16"`` (a torch
-        dtype works too); ``master_weights`` (None: True) concerns the float16 and
+        parameters' dtype), ``"float32"``, ``"float64"``, ``"bfloat16"`` (a torch
+        dtype works too) or ``"int8"`` (blockwise 8-bit codes and scales, CPU
+        tensors; see ``state_dict``); ``master_weights`` (None: True) concerns the float16 and
         bfloat16 parameters only: True keeps a float32 master copy of them, False
         rounds them stochastically; ``seed`` and ``state_rounding`` choose the random
         bits and which states are rounded stochastically. Fixed at construction.
@@ -86,7 +87,9 @@ class Optimizer(TorchState, HyperSync, Cohorts, torch.optim.Optimizer):
     -----
     ``state`` is built on each access: per parameter, a dict of tensors that view
     the live state buffers (edit them in place to change the state) and ``"step"``;
-    replacing an entry changes nothing (use ``load_state_dict``).
+    replacing an entry changes nothing (use ``load_state_dict``). The buffers are in
+    their stored form: bfloat16 states as ``torch.bfloat16``, an int8 state as its
+    ``uint8`` codes plus ``<name>__absmax`` and ``<name>__float32``.
     """
 
     # set by each rule's class (see fastmoments.torch._rules)

@@ -59,7 +59,8 @@ params
 {parameters}
 state_dtype : default None
     None (the parameters' dtype; float32 for 16-bit parameters), ``"float32"``,
-    ``"float64"`` or ``"bfloat16"`` (or the torch dtype): how the state is stored.
+    ``"float64"``, ``"bfloat16"`` (or the torch dtype), or ``"int8"`` (blockwise
+    8-bit, CPU tensors): how the state is stored.
 state_rounding : default "auto"
     Which bfloat16 states are rounded stochastically: ``"auto"``, ``"nearest"``,
     ``"stochastic"`` or a dict by state name.

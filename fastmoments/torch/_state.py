@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from ..optim._precision import MASTER
+from . import _int8
 from ._cohorts import _Record
 from ._hyper import _to_float
+from ._int8 import Int8Parts
 from ._views import is_half, tensor_view
 
 __all__ = ["TorchState"]
@@ -28,6 +30,21 @@ def _as_tensor(view: Any, p: torch.Tensor) -> torch.Tensor:
         return tensor_view(view)
     t = torch.as_tensor(view, device=p.device)  # pragma: no cover - needs a GPU
     return t.view(torch.bfloat16) if t.dtype == torch.uint16 else t  # pragma: no cover
+
+
+def _int8_views(group: Any) -> dict[str, list[np.ndarray]]:
+    """Per-parameter views of an int8 group's states: each state as its codes (the
+    parameter's shape), ``<name>__absmax`` and ``<name>__float32`` (see ``_int8``)."""
+    views: dict[str, list[np.ndarray]] = {}
+    for name in _int8.state_names(group):
+        if name == MASTER:
+            views[name] = group.views(name)
+            continue
+        parts = _int8.tensor_parts(group, name)
+        views[name] = [part.codes.reshape(np.shape(q)) for part, q in zip(parts, group.params)]
+        for suffix, k in zip(_int8.AUX_SUFFIXES, (1, 2)):
+            views[name + suffix] = [part[k] for part in parts]
+    return views
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -79,7 +96,8 @@ class TorchState:
                 continue  # torch creates the state at the first step
             j = 0
             for group in inner._groups:
-                views = {name: group.views(name) for name in group.state}
+                views = _int8_views(group) if _int8.is_int8(group) else {
+                    name: group.views(name) for name in group.state}
                 for i in range(len(group.params)):
                     p = cohort.params[j]
                     j += 1
@@ -113,7 +131,13 @@ class TorchState:
             state (SWATS's switch, Yogi's flag) as floats in each entry. Reduced
             precision: states stored as bfloat16 are ``torch.bfloat16`` tensors;
             16-bit parameters have float32 states and, with master weights, their
-            float32 master copy as ``"master_param"``.
+            float32 master copy as ``"master_param"``. An int8 state ``<name>`` is
+            three tensors, the parameter's piece of the core's stored buffers:
+            ``<name>`` its ``uint8`` codes (the parameter's shape),
+            ``<name>__absmax`` one float32 scale per block of 256 elements, and
+            ``<name>__float32`` its float32 values when the parameter has fewer
+            than 4096 elements (then the codes and scales are unused), else empty.
+            torch.optim cannot read int8 states (it would cast the codes).
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -150,7 +174,9 @@ class TorchState:
             does; hyperparameters are taken from its param groups (keys it lacks
             keep their values); each parameter's ``"step"`` is kept (parameters with
             different step counts are stepped by different inner optimizers). States
-            are converted to this optimizer's form (to bfloat16: rounded to nearest);
+            are converted to this optimizer's form (to bfloat16: rounded to nearest;
+            int8 states dequantized, or copied exactly into an int8 optimizer; other
+            states to int8: quantized per parameter, as the core does);
             ``"master_param"`` is dropped where no master copy is kept, and, where one
             is kept but the entry has none (torch.optim's state), the master copy is
             taken from the parameter as it is now: load the model first.
@@ -238,12 +264,17 @@ class TorchState:
         if host_names and step > 0 and len(host) != len(host_names):
             missing = sorted(set(host_names) - set(host))
             raise ValueError(f"{where}: missing {missing}")
-        buffers = {}
+        buffers: dict[str, np.ndarray | Int8Parts] = {}
         for name in names:
             t = items.pop(name, None)
             if t is None:
                 raise ValueError(f"{where}: missing buffer {name!r}")
-            buffers[name] = self._state_values(t, p, f"{where}: {name!r}")
+            aux = [items.pop(name + suffix, None) for suffix in _int8.AUX_SUFFIXES]
+            if any(a is not None for a in aux) or (isinstance(t, torch.Tensor)
+                                                   and t.dtype == torch.uint8):
+                buffers[name] = self._int8_parts(name, t, aux, p, where)
+            else:
+                buffers[name] = self._state_values(t, p, f"{where}: {name!r}")
         if master is not None and is_half(p.dtype) and self._precision["master_weights"] \
                 is not False:
             buffers[MASTER] = self._state_values(master, p, f"{where}: {MASTER!r}")
@@ -252,6 +283,34 @@ class TorchState:
                              f"{type(self).__name__} with these options (expected "
                              f"{['step'] if self._has_step else []} + {list(names)})")
         return _Record(step, buffers, host or None)
+
+    @staticmethod
+    def _int8_parts(name: str, codes: Any, aux: list[Any], p: torch.Tensor,
+                    where: str) -> Int8Parts:
+        """A loaded int8 state (codes, scales, float32 values) as flat host copies,
+        checked against the parameter's size."""
+        n = p.numel()
+        wanted = _int8.sizes(n)
+        for t, suffix, size in zip(aux, _int8.AUX_SUFFIXES, wanted):
+            key = name + suffix
+            if t is None:
+                raise ValueError(f"{where}: {name!r} is an int8 state (uint8 codes) without "
+                                 f"{key!r}; an int8 state is {name!r} with "
+                                 f"{[name + s for s in _int8.AUX_SUFFIXES]}, as "
+                                 "state_dict() writes it")
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.dim() != 1:
+                raise TypeError(f"{where}: {key!r} should be a 1-d float32 tensor")
+            if t.numel() != size:
+                raise ValueError(f"{where}: {key!r} has {t.numel()} elements; a parameter of "
+                                 f"{n} elements has {size}")
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+            raise TypeError(f"{where}: {name!r} should be a uint8 tensor (int8 codes) beside "
+                            f"{name + _int8.AUX_SUFFIXES[0]!r}")
+        if tuple(codes.shape) != tuple(p.shape):
+            raise ValueError(f"{where}: {name!r} has shape {tuple(codes.shape)}, the "
+                             f"parameter has shape {tuple(p.shape)}")
+        return Int8Parts(*(t.detach().to("cpu").numpy().reshape(-1).copy()
+                           for t in (codes, *aux)))
 
     @staticmethod
     def _state_values(t: Any, p: torch.Tensor, where: str) -> np.ndarray:
