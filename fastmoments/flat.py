@@ -15,10 +15,31 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _half_dtypes() -> tuple[np.dtype, ...]:
-    # float16 and ml_dtypes.bfloat16 (when installed): host buffers only
+    # float16 and ml_dtypes.bfloat16 (when installed)
     from .kernels.precision import bfloat16_dtype
 
     return tuple(d for d in (np.dtype(np.float16), bfloat16_dtype()) if d is not None)
+
+
+def dtype_hint(dtype: np.dtype) -> str:
+    """What to add to the refusal of an array of ``dtype`` that may hold 16-bit
+    patterns: how to say which 16-bit float they are (never guessed from the bits)."""
+    if dtype.itemsize != 2 or dtype.kind not in "uiV":
+        return ""
+    hint = ("; 16-bit patterns are not taken for a float by guess: give float16 or "
+            "ml_dtypes.bfloat16 arrays (on the GPU, a numba device array of that dtype, "
+            "e.g. numba.cuda.to_device(a) of a host bfloat16 array, or "
+            "numba.cuda.as_cuda_array(x).view(ml_dtypes.bfloat16))")
+    if dtype.kind == "V":  # how __cuda_array_interface__ writes bfloat16 (torch does)
+        hint = (" (two bytes of no stated type, as a bfloat16 CUDA tensor exports "
+                "itself)" + hint)
+    return hint
+
+
+def _zero_device(buf: Any) -> None:
+    # 16-bit buffers through their uint16 view: numba's assignment kernel cannot type
+    # ml_dtypes.bfloat16, and the zero pattern is +0.0 in both 16-bit formats
+    (buf.view(np.uint16) if np.dtype(buf.dtype).itemsize == 2 else buf)[:] = 0
 
 
 class FlatParams:
@@ -35,9 +56,11 @@ class FlatParams:
         The parameter arrays (NumPy, or CUDA arrays exposing
         ``__cuda_array_interface__``; all on the same side).
     dtype
-        The buffer dtype (float32 or float64; on the host also float16 and
-        ``ml_dtypes.bfloat16``, see the optimizers' ``master_weights``). Default: the
-        arrays' common dtype.
+        The buffer dtype: float32, float64, float16 or ``ml_dtypes.bfloat16`` (see the
+        optimizers' ``master_weights``). Default: the arrays' common dtype. bfloat16
+        CUDA arrays are numba device arrays of dtype ``ml_dtypes.bfloat16``, e.g.
+        ``numba.cuda.to_device(a)`` of a host bfloat16 array (16-bit patterns of
+        another dtype are refused, never guessed).
 
     Examples
     --------
@@ -72,9 +95,9 @@ class FlatParams:
                 )
             dtype = dtypes.pop()
         dtype = np.dtype(dtype)
-        if dtype not in _FLOAT_DTYPES and (self.device == "cuda" or dtype not in _half_dtypes()):
-            raise TypeError(f"dtype: expected float32 or float64 (or, on the host, float16 or "
-                            f"bfloat16), got {dtype}")
+        if dtype not in _FLOAT_DTYPES and dtype not in _half_dtypes():
+            raise TypeError(f"dtype: expected float32, float64, float16 or bfloat16, got "
+                            f"{dtype}{dtype_hint(dtype)}")
         self.shapes: list[tuple[int, ...]] = [tuple(a.shape) for a in arrays]
         sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
@@ -84,11 +107,16 @@ class FlatParams:
             cuda = cuda_module()
             self._data = cuda.device_array(n, dtype=dtype)
             self._grad = cuda.device_array(n, dtype=dtype)
-            self._grad[:] = 0
+            _zero_device(self._grad)
             views = self._views(self.data)
             for view, a in zip(views, arrays):
                 if view.size:
-                    view.copy_to_device(a if a.dtype == dtype else a.copy_to_host().astype(dtype))
+                    if a.dtype != dtype:
+                        a = a.copy_to_host().astype(dtype)
+                    if dtype.itemsize == 2:  # as patterns (numba's simulator would go
+                        # through '<V2', which NumPy cannot cast to bfloat16)
+                        view, a = view.view(np.uint16), a.view(np.uint16)
+                    view.copy_to_device(a)
         else:
             self._data = np.empty(n, dtype=dtype)
             self._grad = np.zeros(n, dtype=dtype)
@@ -129,7 +157,10 @@ class FlatParams:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (one fill of the flat buffer)."""
-        self.grad[:] = 0
+        if self.device == "cuda":
+            _zero_device(self.grad)
+        else:
+            self.grad[:] = 0
 
     def __len__(self) -> int:
         return len(self.params)

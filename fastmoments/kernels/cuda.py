@@ -10,6 +10,7 @@ import numpy as np
 
 from .._arrays import cuda_module
 from ..config import config
+from .precision import bf16_to_f32, f16_to_f32
 from .quantized import BLOCK, code_table, maps
 
 cuda = cuda_module()
@@ -66,13 +67,34 @@ def _sum_squares_kernel(x, out):
     cuda.atomic.add(out, 0, total)
 
 
+@cuda.jit
+def _sum_squares_16_kernel(bits, bfloat16, out):
+    # 16-bit values as their uint16 patterns (numba's kernels cannot type
+    # ml_dtypes.bfloat16), widened exactly to float32
+    total = 0.0
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, bits.shape[0], stride):
+        if bfloat16:
+            v = np.float64(bf16_to_f32(bits[i]))
+        else:
+            v = np.float64(f16_to_f32(bits[i]))
+        total += v * v
+    cuda.atomic.add(out, 0, total)
+
+
 def sum_squares(flats: list) -> float:
-    """Sum of squares (float64) over a list of flat device arrays; synchronizes."""
+    """Sum of squares (float64) over a list of flat device arrays (float32, float64,
+    float16 or ``ml_dtypes.bfloat16``); synchronizes."""
     out = cuda.to_device(np.zeros(1, dtype=np.float64))
     for x in flats:
         if x.shape[0]:
             blocks, threads = _grid(x.shape[0])
-            _sum_squares_kernel[blocks, threads](x, out)
+            if np.dtype(x.dtype).itemsize == 2:
+                _sum_squares_16_kernel[blocks, threads](
+                    x.view(np.uint16), np.dtype(x.dtype) != np.float16, out)
+            else:
+                _sum_squares_kernel[blocks, threads](x, out)
     return float(out.copy_to_host()[0])
 
 

@@ -280,11 +280,12 @@ class Kernel:
         sources += [probe._format(t, "probe", False) for t in
                     (_REDUCED_FLAT_TEMPLATE, _REDUCED_MULTI_TEMPLATE, _REDUCED_CUDA_TEMPLATE)]
         sources.append(_element_source("probe", n, probe.scalar_names, probe.layout))
-        sources += [quantized.loop_source("probe", flat, False, probe.state_names, (True,) * n,
-                                          probe.scalar_names, probe._unpack())
-                    for flat in (True, False)]
-        sources.append(quantized.cuda_source("probe", probe.state_names, (True,) * n,
-                                             probe.scalar_names, probe._fixed()))
+        for layout in (None, ("bf16", "bf16", (), True), ("f16_sr", "f16", (), False)):
+            sources += [quantized.loop_source("probe", flat, False, probe.state_names,
+                                              (True,) * n, probe.scalar_names,
+                                              probe._unpack(), layout) for flat in (True, False)]
+            sources.append(quantized.cuda_source("probe", probe.state_names, (True,) * n,
+                                                 probe.scalar_names, probe._fixed(), layout))
         check_argument_names(self.name, names, sources)
         _CHECKED.add(key)
 
@@ -360,12 +361,12 @@ class Kernel:
         name = f"{self.name}_{suffix}{self._tag}_{_SOURCE_HASH}"
         if self._signed is not None and suffix == "cuda":  # int8 states: blocks
             source = quantized.cuda_source(name, self.state_names, self._signed,
-                                           self.scalar_names, self._fixed())
+                                           self.scalar_names, self._fixed(), self.layout)
             extra_globals = {**extra_globals, **quantized.CUDA_GLOBALS}
         elif self._signed is not None:
             source = quantized.loop_source(name, not suffix.startswith("multi"), parallel,
                                            self.state_names, self._signed, self.scalar_names,
-                                           self._unpack() or "pass")
+                                           self._unpack() or "pass", self.layout)
             extra_globals = {**extra_globals, **quantized.LOOP_GLOBALS}
         else:
             source = self._format(template, suffix, parallel)

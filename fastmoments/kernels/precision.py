@@ -454,9 +454,7 @@ def resolve(param_dtype: Any, state_dtype: Any, state_rounding: Any, master_weig
         raise ValueError(f"{owner}: state_dtype='float64' needs float64 parameters, "
                          f"got {param_dtype}")
     name = state_dtype or "float32"
-    if name == "int8":
-        raise ValueError(f"{owner}: state_dtype='int8' needs float32 or float64 parameters "
-                         f"for now, got {param_dtype}")
-    state = "bf16" if name == "bfloat16" else "same"
+    # int8: blockwise codes (kernels.quantized); a master copy stays float32
+    state = {"bfloat16": "bf16", "int8": "int8"}.get(name, "same")
     master = True if master_weights is None else bool(master_weights)
     return Precision(kind, state, name, compute, master, state_rounding, int(seed))

@@ -23,7 +23,13 @@ buffer instead.
 Each step dequantizes a block, runs the rule on every element (the parameter update
 uses the values before requantization), takes the new scales and requantizes the block:
 one pass, a block-sized scratch, never a full-size float32 copy (:func:`loop_source` on
-the CPU, :func:`cuda_source` on the GPU: one thread block per quantization block). The
+the CPU, :func:`cuda_source` on the GPU: one thread block per quantization block).
+16-bit parameters (float16, bfloat16) are widened and narrowed in the same pass as the
+element-wise loops do it: the rule reads the float32 master copy, which stays float32,
+and the parameters are written from it to nearest; or, without a master copy, it reads
+the widened parameters and they are rounded stochastically, with the random bits the
+element-wise loops draw for the same element (:func:`~.precision.element_bits` of the
+step's key, the element's index in its group, stream 0). The
 scale is the largest magnitude that is not NaN; the code search runs in float32 (for
 float64 parameters too: the values are divided by the stored float32 scale, the one
 that dequantizes them).
@@ -43,6 +49,7 @@ from functools import cache
 
 import numpy as np
 
+from . import precision as _precision
 from .compile import rule
 
 __all__ = ["BLOCK", "THRESHOLD", "CHUNK", "dynamic_map", "maps", "lookup_tables", "limits",
@@ -314,18 +321,80 @@ def aux_names(name: str) -> tuple[str, str]:
 # ------------------------------------------------------------ loop sources
 #: the names the generated loops use besides numba's (see :func:`loop_source`)
 LOOP_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude,
-                "nonzero_code": nonzero_code}
+                "nonzero_code": nonzero_code, "uint16": np.uint16,
+                "bf16_to_f32": _precision.bf16_to_f32, "f16_to_f32": _precision.f16_to_f32,
+                "f32_to_bf16_nearest": _precision.f32_to_bf16_nearest,
+                "f32_to_f16_nearest": _precision.f32_to_f16_nearest,
+                "f32_to_bf16_stochastic": _precision.f32_to_bf16_stochastic,
+                "f32_to_f16_stochastic": _precision.f32_to_f16_stochastic,
+                "element_bits": _precision.element_bits}
+
+# how the loops widen a 16-bit parameter or gradient (codecs of Precision.layout) and
+# narrow a new parameter: to nearest (from a float32 master copy) or stochastically
+_WIDEN = {"bf16": "bf16_to_f32", "f16": "f16_to_f32"}
+_NEAREST = {"bf16": "f32_to_bf16_nearest", "f16": "f32_to_f16_nearest"}
+_STOCHASTIC = {"bf16": "f32_to_bf16_stochastic", "f16": "f32_to_f16_stochastic"}
+
+
+def _half(layout: tuple | None) -> str | None:
+    """The 16-bit codec of a layout's parameters (``"bf16"``, ``"f16"``), or None."""
+    if layout is None or layout[0] == "same":
+        return None
+    return layout[0].removesuffix("_sr")
+
+
+def _stochastic(layout: tuple | None) -> bool:
+    """Whether a layout rounds its 16-bit parameters stochastically (no master copy)."""
+    return _half(layout) is not None and not layout[3]
+
+
+def _index(layout: tuple | None) -> tuple[list[str], list[str], list[str], str]:
+    """How a CPU loop over ``k`` names element ``k``'s flat index (``lo + k``) for
+    :func:`_update`: ``(before the loop, first in its body, last in its body, the
+    name)``. The master copy is indexed by ``i``; the random bits take a counter of its
+    own, ``ix``: from ``base + k`` LLVM built the index's 64-bit vectors in 512-bit
+    registers for the hash (as in the element-wise loops, see kernels.precision)."""
+    if _half(layout) is None:
+        return [], [], [], "i"
+    if layout[3]:
+        return [], ["i = np.uint64(lo) + np.uint64(k)"], [], "i"
+    return ["ix = lo"], [], ["ix += 1"], "ix"
+
+
+def _update(layout: tuple | None, ip: str, i: str, outs: str, scalars: str) -> list[str]:
+    """The statements that step one element: the parameter at ``ip`` of ``param`` and
+    ``grad``, flat index ``i`` in the group, the state values ``outs`` (", v0, ...", read
+    and written). For 16-bit parameters (see :meth:`~.precision.Precision.layout`) the
+    element-wise loops' widening and narrowing: the rule reads the float32 master copy
+    (``master[i]``) or the widened parameter, and the parameter is written from its
+    result to nearest, or stochastically with the bits of the element-wise loops
+    (:func:`~.precision.element_bits` of the step's key, ``i``, stream 0)."""
+    half = _half(layout)
+    if half is None:
+        return [f"param[{ip}]{outs}, = rule(param[{ip}], grad[{ip}]{outs}{scalars})"]
+    # np.float32 of a float32, np.uint32 of a uint32: nothing on the CPU and the GPU; in
+    # numba's simulator the conversions and the hash return Python floats and ints,
+    # which would make the rule run in float64 and float16's rounding mix int64 with
+    # uint64 (into float64)
+    grad = f"np.float32({_WIDEN[layout[1]]}(grad[{ip}]))"
+    if layout[3]:
+        return [f"p_{outs}, = rule(master[{i}], {grad}{outs}{scalars})",
+                f"master[{i}] = p_", f"param[{ip}] = {_NEAREST[half]}(p_)"]
+    return [f"p_{outs}, = rule(np.float32({_WIDEN[half]}(param[{ip}])), {grad}{outs}{scalars})",
+            f"param[{ip}] = {_STOCHASTIC[half]}(p_, np.uint32(element_bits(key, {i}, 0)))"]
 
 
 def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars: str,
-                tensor_start: str) -> list[str]:
+                tensor_start: str, layout: tuple | None) -> list[str]:
     """The statements that step block ``b`` (``lo:hi`` of the flat layout; the tensor's
     arrays ``param``, ``grad`` start at flat index ``tensor_start``; ``work``, ``slots``
     and ``entries``: the scratch).
 
     Element ``k`` of the block is ``i`` in the flat layout and ``ip`` in the tensor:
     unsigned, so that numba emits no negative-index wraparound, which would keep LLVM
-    from vectorizing (it cannot tell that ``lo + k`` is not negative). The table reads
+    from vectorizing (it cannot tell that ``lo + k`` is not negative). With 16-bit
+    parameters (``layout``, see :func:`_update`) ``param`` and ``grad`` hold their
+    patterns and ``master`` the group's float32 copy (flat index ``i``). The table reads
     have passes of their own, scalar, between vectorized ones: in a vectorized loop
     each read became a scalar load inserted into a vector (this CPU target does not
     gather), slower than the separate pass (2x for the dequantizing reads), and a loop
@@ -337,12 +406,15 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
              f"first = np.uint64(lo - {tensor_start})" if tensor_start != "0"
              else "first = np.uint64(lo)",
              "off = small[b]", "if off >= 0:",
-             "    kept = np.uint64(off)",
-             "    for k in range(count):",
-             "        ip = first + np.uint64(k)",
-             "        fk = kept + np.uint64(k)"]
+             "    kept = np.uint64(off)"]
+    setup, head, tail, index = _index(layout)
+    lines += ["    " + line for line in setup]
+    lines += ["    for k in range(count):",
+              "        ip = first + np.uint64(k)",
+              "        fk = kept + np.uint64(k)"]
     outs = "".join(f", {x}[fk]" for x in floats)
-    lines.append(f"        param[ip]{outs}, = rule(param[ip], grad[ip]{outs}{scalars})")
+    step = [*head, *_update(layout, "ip", index, outs, scalars), *tail]
+    lines += ["        " + line for line in step]
     lines += ["else:", "    base = np.uint64(lo)"]
     # (no comments in the generated text: its words would be names the rules may not use)
     body = ["for k in range(count):", "    i = base + np.uint64(k)"]  # the codes' map values
@@ -352,11 +424,12 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
         body += [f"scale{s_} = {aux_names(name)[0]}[b]", f"peak{s_} = np.uint32(0)"]
     # dequantize, the rule, the parameter, the new values into the scratch and their
     # largest magnitudes (vectorized)
-    body += ["for k in range(count):", "    ip = first + np.uint64(k)"]
+    body += [*setup, "for k in range(count):", "    ip = first + np.uint64(k)"]
+    body += ["    " + line for line in head]
     for s_ in range(n):
         body.append(f"    v{s_} = work[{s_}, k] * scale{s_}")
     vs = "".join(f", v{s_}" for s_ in range(n))
-    body.append(f"    param[ip]{vs}, = rule(param[ip], grad[ip]{vs}{scalars})")
+    body += ["    " + line for line in (*_update(layout, "ip", index, vs, scalars), *tail)]
     for s_ in range(n):
         body += [f"    work[{s_}, k] = v{s_}",
                  f"    peak{s_} = max(peak{s_}, magnitude(v{s_}))"]
@@ -384,15 +457,21 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
 
 
 def loop_source(name: str, flat: bool, parallel: bool, state_names: tuple[str, ...],
-                signed: tuple[bool, ...], scalar_names: tuple[str, ...], unpack: str) -> str:
+                signed: tuple[bool, ...], scalar_names: tuple[str, ...], unpack: str,
+                layout: tuple | None = None) -> str:
     """The source of a CPU loop over the blocks of a group with int8 states.
 
     Arguments: ``param, grad`` (flat) or ``table`` (the list path, as the element-wise
-    loops), then per state its codes, scales and float32 buffer, then ``blocks, small,
+    loops), then per state its codes, scales and float32 buffer, then ``master`` (the
+    float32 master copy, where ``layout`` keeps one), then ``blocks, small,
     tensor_blocks, qmaps, coding`` (see :func:`block_table`, :func:`maps`,
-    :func:`code_table`), then ``scalars``. The blocks go in chunks of :data:`CHUNK` (the
-    parallel loops share those out), each allocating its block-sized scratch once; the
-    list path finds each block's tensor in ``tensor_blocks``.
+    :func:`code_table`), then ``rounding`` (a ``uint32`` array holding the step's key,
+    where ``layout`` rounds 16-bit parameters stochastically), then ``scalars``. The
+    blocks go in chunks of :data:`CHUNK` (the parallel loops share those out), each
+    allocating its block-sized scratch once; the list path finds each block's tensor in
+    ``tensor_blocks``. ``layout`` is the group's
+    :meth:`~.precision.Precision.layout` (None, or float32/float64 parameters: the
+    parameters and gradients in the arithmetic's dtype).
     """
     states = "".join(f", {s}, {aux_names(s)[0]}, {aux_names(s)[1]}" for s in state_names)
     scalars = "".join(f", {s}" for s in scalar_names)
@@ -402,10 +481,15 @@ def loop_source(name: str, flat: bool, parallel: bool, state_names: tuple[str, .
     scratch = (f"work = np.empty({shape}, scalars.dtype); "
                f"slots = np.empty({shape}, np.uint32); "
                f"entries = np.empty({shape}, np.uint32)")
-    lines = [f"def {name}({head}{states}, blocks, small, tensor_blocks, qmaps, coding, "
-             "scalars):",
-             f"    {unpack}",
-             "    nb = blocks.shape[0] - 1",
+    master = ", master" if _half(layout) is not None and layout[3] else ""
+    rounding = ", rounding" if _stochastic(layout) else ""
+    lines = [f"def {name}({head}{states}{master}, blocks, small, tensor_blocks, qmaps, "
+             f"coding{rounding}, scalars):",
+             f"    {unpack}"]
+    if rounding:  # a uint32 loaded, not computed (see kernels.precision)
+        lines.append("    key = rounding[0]")
+    dtype = "scalars.dtype" if _half(layout) is None else "uint16"
+    lines += ["    nb = blocks.shape[0] - 1",
              f"    for chunk in {loop}((nb + {CHUNK - 1}) // {CHUNK}):",
              f"        {scratch}",
              f"        for b in range(chunk * {CHUNK}, min(nb, (chunk + 1) * {CHUNK})):"]
@@ -413,20 +497,19 @@ def loop_source(name: str, flat: bool, parallel: bool, state_names: tuple[str, .
     if not flat:  # the block's tensor, its parameter and gradient
         lines += ["            j = np.searchsorted(tensor_blocks, b, side='right') - 1",
                   "            start = table[2, j]", "            n = table[2, j + 1] - start",
-                  "            param = carray(void_pointer(table[0, j]), n, scalars.dtype)",
-                  "            grad = carray(void_pointer(table[1, j]), n, scalars.dtype)"]
+                  f"            param = carray(void_pointer(table[0, j]), n, {dtype})",
+                  f"            grad = carray(void_pointer(table[1, j]), n, {dtype})"]
     lines += ["            " + line for line in _block_body(state_names, signed, scalars,
-                                                             "0" if flat else "start")]
+                                                             "0" if flat else "start", layout)]
     return "\n".join(lines) + "\n"
 
 
 #: the names the generated CUDA kernels use besides ``cuda`` and the rule
-CUDA_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude,
-                "nonzero_code": nonzero_code}
+CUDA_GLOBALS = {**LOOP_GLOBALS}
 
 
 def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...],
-                scalar_names: tuple[str, ...], fixed: str) -> str:
+                scalar_names: tuple[str, ...], fixed: str, layout: tuple | None = None) -> str:
     """The source of the CUDA kernel over the blocks of a group with int8 states.
 
     One thread block steps one quantization block at a time (grid-stride over
@@ -435,13 +518,17 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
     in shared memory and their largest magnitude; a tree reduction in shared memory
     gives the block's scale; each thread then requantizes its elements. The threads per
     block must be a power of two, at most :data:`BLOCK`. The arithmetic is the CPU
-    loops' (float32: the kernel is for float32 parameters), so the codes and scales are
-    the same bit for bit where the rule's float32 results are.
+    loops' (float32: the kernel is for float32 parameters, or 16-bit ones as ``layout``
+    says, see :func:`loop_source`), so the codes and scales are the same bit for bit
+    where the rule's float32 results are, and so are 16-bit parameters rounded
+    stochastically (the same bits of the same flat index).
 
-    Arguments: ``param, grad`` (of the tensor, or the flat buffers), per state its codes,
-    scales and float32 buffer (the group's), then ``blocks, small, qmaps, coding,
-    first_block, n_blocks, tensor_start`` (the flat index of ``param[0]``), then the
-    rule's scalars.
+    Arguments: ``param, grad`` (of the tensor, or the flat buffers; 16-bit ones as their
+    ``uint16`` patterns), per state its codes, scales and float32 buffer (the group's),
+    then ``master`` (the group's float32 master copy, where ``layout`` keeps one), then
+    ``blocks, small, qmaps, coding, first_block, n_blocks, tensor_start`` (the flat index
+    of ``param[0]``), then ``key`` (a ``uint32``, the step's key, where ``layout`` rounds
+    16-bit parameters stochastically), then the rule's scalars.
     """
     n = len(state_names)
     states = "".join(f", {s}, {aux_names(s)[0]}, {aux_names(s)[1]}" for s in state_names)
@@ -449,8 +536,10 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
     floats = "".join(f", {aux_names(s)[1]}[fk]" for s in state_names)
     vs = "".join(f", v{s_}" for s_ in range(n))
     rows = max(n, 1)
-    lines = [f"def {name}(param, grad{states}, blocks, small, qmaps, coding, first_block, "
-             f"n_blocks, tensor_start{scalars}):",
+    master = ", master" if _half(layout) is not None and layout[3] else ""
+    key = ", key" if _stochastic(layout) else ""
+    lines = [f"def {name}(param, grad{states}{master}, blocks, small, qmaps, coding, "
+             f"first_block, n_blocks, tensor_start{key}{scalars}):",
              f"    {fixed or 'pass'}",
              f"    work = cuda.shared.array(({rows}, {BLOCK}), np.float32)",
              f"    peaks = cuda.shared.array(({rows}, {BLOCK}), np.uint32)",
@@ -464,15 +553,15 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
              "        if off >= 0:",
              "            for i in range(lo + lane, hi, threads):",
              "                ip = i - tensor_start",
-             "                fk = off + i - lo",
-             f"                param[ip]{floats}, = rule(param[ip], grad[ip]{floats}{scalars})",
-             "        else:"]
+             "                fk = off + i - lo"]
+    lines += ["                " + line for line in _update(layout, "ip", "i", floats, scalars)]
+    lines += ["        else:"]
     body = [f"scale{s_} = {aux_names(s)[0]}[b]" for s_, s in enumerate(state_names)]
     body += [f"peak{s_} = np.uint32(0)" for s_ in range(n)]
     body += ["for i in range(lo + lane, hi, threads):", "    ip = i - tensor_start"]
     for s_, (s, sign) in enumerate(zip(state_names, signed)):
         body.append(f"    v{s_} = qmaps[{int(sign)}, {s}[i]] * scale{s_}")
-    body.append(f"    param[ip]{vs}, = rule(param[ip], grad[ip]{vs}{scalars})")
+    body += ["    " + line for line in _update(layout, "ip", "i", vs, scalars)]
     for s_ in range(n):
         body += [f"    work[{s_}, i - lo] = v{s_}",
                  f"    peak{s_} = max(peak{s_}, magnitude(v{s_}))"]

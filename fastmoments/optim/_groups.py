@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import as_cuda_array, device_address, is_array_like, is_cuda_array
-from ..flat import FlatParams
+from ..flat import FlatParams, dtype_hint
 from ..kernels import host
 from ..kernels.elementwise import Kernel
 from ..kernels.precision import bfloat16_dtype
@@ -16,7 +16,8 @@ __all__ = ["ParamGroup", "ParamList", "Group", "as_group_dicts", "check_no_alias
            "UNDECIDED", "state_buffers"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: 16-bit parameter dtypes (host arrays; computed in float32, see optim._precision)
+#: 16-bit parameter dtypes (computed in float32, see optim._precision; on the GPU,
+#: bfloat16 only as numba device arrays that carry the ml_dtypes dtype)
 HALF_DTYPES = tuple(d for d in (np.dtype(np.float16), bfloat16_dtype()) if d is not None)
 
 #: ``Group.plain`` before the first step after a (re)build decides it (see _dispatch.run)
@@ -171,8 +172,10 @@ def _check_param(p: Any, index: int, owner: str) -> Any:
     where = f"{owner}: params[{index}]"
     if is_cuda_array(p):
         p = as_cuda_array(p)
-        if np.dtype(p.dtype) not in FLOAT_DTYPES:
-            raise TypeError(f"{where}: expected a float32 or float64 array, got dtype {p.dtype}")
+        dtype = np.dtype(p.dtype)
+        if dtype not in FLOAT_DTYPES and dtype not in HALF_DTYPES:
+            raise TypeError(f"{where}: expected a float32, float64, float16 or bfloat16 CUDA "
+                            f"array, got dtype {dtype}{dtype_hint(dtype)}")
         if not p.is_c_contiguous():
             raise ValueError(f"{where}: expected a C-contiguous array")
         return p

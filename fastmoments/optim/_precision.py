@@ -13,6 +13,11 @@ given ``state_dtype`` other than its parameters' dtype, or 16-bit parameters (fl
   Kernel.reduced`) through :func:`run`, which writes the step's key for the random bits
   of stochastic rounding before the loop (so these groups never take ``step()``'s
   short path, which repeats a call without it).
+
+16-bit parameters and gradients reach the loops as ``uint16`` views of their patterns,
+on the host and on the GPU alike (numba's CUDA kernels cannot type
+``ml_dtypes.bfloat16``: a bfloat16 CUDA parameter is a numba device array of that
+dtype, viewed here, never a ``uint16`` array taken for one).
 """
 
 from __future__ import annotations
@@ -48,9 +53,8 @@ def attach(group: Group, precision: _precision.Precision) -> None:
                              f"{precision.compute}")
         precision.blocks = _quantized.block_table(group.offsets)
     if precision.param != "same":
-        if group.device == "cuda":
-            raise ValueError("16-bit parameters on the GPU are not supported yet; keep "
-                             "float32 CUDA parameters (state_dtype='bfloat16' works there)")
+        # the loops take 16-bit buffers as their uint16 patterns (host and device alike:
+        # numba's CUDA kernels cannot type ml_dtypes.bfloat16)
         if group.flat is not None:
             group.data = group.flat.data.view(np.uint16)
             group.grad_data = group.flat.grad.view(np.uint16)
@@ -81,12 +85,18 @@ def allocate(group: Group, value: float) -> Any:
     return host
 
 
-def _master_copy(group: Group) -> np.ndarray:
-    """float32 values of the group's 16-bit parameters, in its flat layout."""
+def _master_copy(group: Group) -> Any:
+    """float32 values of the group's 16-bit parameters, in its flat layout (on the
+    group's device)."""
     master = np.empty(group.numel, dtype=np.float32)
     for j, p in enumerate(group.params):
+        host = p if isinstance(p, np.ndarray) else p.copy_to_host()
         master[int(group.offsets[j]):int(group.offsets[j + 1])] = np.asarray(
-            p, dtype=np.float32).reshape(-1)
+            host, dtype=np.float32).reshape(-1)
+    if group.device == "cuda":
+        from ..kernels import cuda as _gpu
+
+        return _gpu.cuda.to_device(master)
     return master
 
 
@@ -107,6 +117,10 @@ def _allocate_int8(group: Group, value: float, signed: bool) -> tuple[np.ndarray
 
 
 def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: bool) -> Kernel:
+    """:func:`prepare` for int8 states: codes, scales and small tensors' float32 values
+    per state, then (16-bit parameters) the float32 master copy, and the loop arguments
+    in the order of :func:`~fastmoments.kernels.quantized.loop_source` (CPU) or
+    :func:`~fastmoments.kernels.quantized.cuda_source` (CUDA)."""
     if not kernel.state_names:  # nothing to quantize (SGD without momentum)
         group.state, group.states = {}, ()
         return kernel
@@ -124,8 +138,12 @@ def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: b
         else:
             arrays = _allocate_int8(group, init.get(name, 0.0), codec == "q8s")
         state.update(zip(names, arrays))
+    precision = group.precision
+    if precision.master:  # 16-bit parameters: their float32 copy, not quantized (last)
+        master = None if fresh else old.get(MASTER)
+        state[MASTER] = master if master is not None else _master_copy(group)
     group.state = state
-    blocks, small, tensor_blocks, _ = group.precision.blocks
+    blocks, small, tensor_blocks, _ = precision.blocks
     if group.device == "cuda":  # the block table and the maps on the device
         from ..kernels import cuda as _gpu
 
@@ -133,6 +151,8 @@ def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: b
     else:
         group.states = (*state.values(), blocks, small, tensor_blocks, _quantized.maps(),
                         _quantized.code_table())
+        if precision.param != "same" and not precision.master:  # the random bits' key
+            group.states += (group.rounding,)
     return kernel.reduced(layout)
 
 
@@ -140,7 +160,8 @@ def prepare(group: Group, kernel: Kernel, init: dict[str, float], fresh: bool) -
     """``Optimizer._prepare`` for a group with a precision: its state buffers (kept
     when not ``fresh``), the loop arguments, and the kernel for its layout."""
     precision = group.precision
-    if precision.state == "int8":
+    # (int8 for a rule without state over 16-bit parameters: their element-wise loops)
+    if precision.state == "int8" and (kernel.state_names or precision.param == "same"):
         return _prepare_int8(group, kernel, init, fresh)
     old = group.state
     state = state_buffers(group, kernel.state_names, init, fresh, allocate)
@@ -193,29 +214,40 @@ def _run_cuda(group: Group, source: Any, scalars: tuple, key: int) -> None:
     args = tuple(group.scalars)
     states = group.states
     cuda_kernel = kernel.cuda
-    if group.precision.state == "int8":  # one thread block per quantization block
+    if group.precision.state == "int8" and kernel.state_names:  # a thread block per block
         _, _, tensor_blocks, _ = group.precision.blocks
+        # the step's key after tensor_start where 16-bit parameters round stochastically
+        tail = (np.uint32(key),) if group.precision.param != "same" \
+            and not group.precision.master else ()
         if not isinstance(source, list):
             _gpu.launch_blocks(cuda_kernel, int(tensor_blocks[-1]),
                                group.data, source, *states, np.int64(0),
-                               np.int64(tensor_blocks[-1]), np.int64(0), *args)
+                               np.int64(tensor_blocks[-1]), np.int64(0), *tail, *args)
             return
+        bits = group.precision.param != "same"  # 16-bit arrays as their uint16 patterns
         for j, (p, g) in enumerate(zip(group.params, source)):
             first, last = int(tensor_blocks[j]), int(tensor_blocks[j + 1])
-            _gpu.launch_blocks(cuda_kernel, last - first, p.reshape(p.size),
-                               g.reshape(g.size), *states, np.int64(first),
-                               np.int64(last - first), np.int64(group.offsets[j]), *args)
+            p, g = p.reshape(p.size), g.reshape(g.size)
+            if bits:
+                p, g = p.view(np.uint16), g.view(np.uint16)
+            _gpu.launch_blocks(cuda_kernel, last - first, p, g, *states, np.int64(first),
+                               np.int64(last - first), np.int64(group.offsets[j]), *tail,
+                               *args)
         return
     key = np.uint32(key)
     if not isinstance(source, list):
         _gpu.launch(cuda_kernel, group.numel, group.data, source, *states, key, np.int64(0),
                     *args)
         return
+    half = group.precision.param != "same"  # the kernel takes 16-bit buffers as uint16
     for j, (p, g) in enumerate(zip(group.params, source)):
         start, stop = int(group.offsets[j]), int(group.offsets[j + 1])
         if stop > start:
-            _gpu.launch(cuda_kernel, stop - start, p.reshape(p.size), g.reshape(g.size),
-                        *(s[start:stop] for s in states), key, np.int64(start), *args)
+            p, g = p.reshape(p.size), g.reshape(g.size)
+            if half:
+                p, g = p.view(np.uint16), g.view(np.uint16)
+            _gpu.launch(cuda_kernel, stop - start, p, g, *(s[start:stop] for s in states),
+                        key, np.int64(start), *args)
 
 
 # ------------------------------------------------ state dicts: stored forms

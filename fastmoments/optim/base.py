@@ -347,7 +347,7 @@ class Optimizer:
             views = {}
             int8 = group.precision is not None and group.precision.state_dtype == "int8"
             for name, buf in group.state.items():
-                if not int8:
+                if not int8 or name == _precision.MASTER:  # the master copy: float32
                     views[name] = group.views(name)
                 elif buf.shape == (group.numel,) and buf.dtype.itemsize == 1:
                     parts = {n: group.state[n]
