@@ -306,9 +306,10 @@ def test_bad_precision_options_are_refused_by_name(kwargs, match):
 
 
 def test_rules_with_passes_of_their_own_refuse_reduced_state():
-    # (bfloat16 state for LAMB, ND-Adam and SWATS: tests/test_precision_multipass.py)
-    with pytest.raises(ValueError, match="state_dtype='int8' is not supported for LAMB"):
-        fm.LAMB([np.zeros(3, np.float32)], state_dtype="int8")
+    # (bfloat16 state for LAMB, ND-Adam and SWATS: tests/test_precision_multipass.py;
+    # int8 for LAMB and SWATS: tests/test_precision_multipass_more.py)
+    with pytest.raises(ValueError, match="state_dtype='int8' is not supported for NDAdam"):
+        fm.NDAdam([np.zeros((2, 3), np.float32)], state_dtype="int8")
     with pytest.raises(ValueError, match="init_second_moment"):
         fm.Yogi([np.zeros(3, np.float32)], state_dtype="bfloat16").init_second_moment(
             [np.ones(3, np.float32)])

@@ -326,8 +326,8 @@ def test_refusals_name_the_problem_and_change_nothing():
     with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: state_dtype='int8' would "
                                          r"keep \['z'\]"):
         fmt.ScheduleFreeAdamW(params, state_dtype="int8")
-    with pytest.raises(ValueError, match="LAMB: state_dtype='int8' is not supported"):
-        fmt.LAMB(params, state_dtype="int8")
+    with pytest.raises(ValueError, match="NDAdam: state_dtype='int8' is not supported"):
+        fmt.NDAdam(params, state_dtype="int8")
     with pytest.raises(ValueError, match="state_dtype must be one of"):
         fmt.Adam(params, state_dtype=torch.int8)
 

@@ -25,6 +25,11 @@ rules,
   the threads of the block striding over its elements and summing the terms with a
   shared-memory tree, in a fixed order (the sums are reproducible run to run).
 
+A kernel for buffers stored in fewer bits (:meth:`SegmentedKernel.reduced`) calls a
+generated element function that widens, runs the rule and narrows, in the CPU loops and
+the CUDA kernel alike (the same codecs and random bits); one with int8 states has CPU
+loops of its own that step whole quantization blocks (``_int8_source``).
+
 The chunk table and the per-segment totals of the per-chunk sums are
 :mod:`.segments`' (``Segments.totals``); :mod:`.segmented_run` runs a pass over a
 param group with buffers that it keeps (nothing allocated per step).
@@ -41,7 +46,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from . import precision
+from . import precision, quantized
 from .compile import (
     argument_marks,
     build_generated,
@@ -60,7 +65,7 @@ MAX_THREADS = 1024
 # the generated loops' names carry this hash: an edit of any of these files (the
 # rules, the templates, the chunk table's columns, how a pass is run) gives new names
 _SOURCE_HASH = source_hash("compile.py", "elementwise.py", "rules", "segmented.py",
-                           "segments.py", "segmented_run.py", "precision.py")
+                           "segments.py", "segmented_run.py", "precision.py", "quantized.py")
 
 
 # ------------------------------------------------------------- generation
@@ -172,8 +177,13 @@ def _add_term(typingctx, total, term):
     return result(total, term), codegen
 
 
+# A kernel with a layout (see ``SegmentedKernel.reduced``) also takes the step's key
+# (a ``uint32``) and ``offset``, the index in the group of ``param[0]`` (0 for the flat
+# buffer, the parameter's offset on the list path): its element function draws the
+# random bits of element ``offset + i`` (as the CPU loops do of ``base + i``).
 _CUDA_TEMPLATE = """
-def {name}(param, grad{states}, chunks, first_column, segment_values, sums{scalar_params}):
+def {name}(param, grad{states}, chunks, first_column, segment_values, sums{cuda_extra}
+           {scalar_params}):
     tid = cuda.threadIdx.x
     nthreads = cuda.blockDim.x
     {shared}
@@ -186,7 +196,8 @@ def {name}(param, grad{states}, chunks, first_column, segment_values, sums{scala
         {acc_init}
         for k in range(tid, count, nthreads):
             i = first + k * stride
-            {targets_cuda} = rule(param[i], grad[i]{states_cuda}{segment_args}{scalar_args})
+            {targets_cuda} = rule(param[i], grad[i]{states_cuda}{segment_args}{index_cuda}
+                                  {scalar_args})
             {acc_update}
 {reduce}
 """
@@ -271,9 +282,17 @@ class SegmentedKernel:
         argument of the loops, ``master``); per state, the stream number of its random
         bits, and whether they are keyed by the element's *segment* instead of its
         index (a per-segment value repeated in each element, ND-Adam's ``v``, stays
-        equal in every element). The loops take the step's key in a ``uint32`` array,
-        ``rounding``, after the states (see :mod:`.elementwise` for the element-wise
-        rules' twin). One kernel per layout.
+        equal in every element). The CPU loops take the step's key in a ``uint32``
+        array, ``rounding``, after the states; the CUDA kernel takes it as a ``uint32``
+        after the sums, then ``offset``, the index in the group of its ``param[0]``
+        (see :mod:`.elementwise` for the element-wise rules' twin). One kernel per
+        layout.
+
+        States stored as int8 blocks (codecs ``"q8s"``, ``"q8u"``; float32 or float64
+        parameters, no master copy) make CPU loops that take, per such state, its
+        codes, scales and float32 buffer, then the group's block table, the maps and
+        the code table (``_int8_source``), and no key; their tables must be contiguous
+        chunks of whole blocks. They have no CUDA kernel.
         """
         kernel = self._variants.get(layout)
         if kernel is None:
@@ -282,13 +301,21 @@ class SegmentedKernel:
             kernel.layout = layout
             digest = hashlib.sha256(repr(layout).encode()).hexdigest()[:8]
             kernel.name = f"{self.name}_r{digest}"
-            kernel._loop_rule = _element_function(kernel.name, self, layout)
+            # int8 states: the loops dequantize and requantize whole blocks around the
+            # rule itself (no codec in the element, no random bits)
+            kernel._loop_rule = (self.rule if _int8(layout)
+                                 else _element_function(kernel.name, self, layout))
             # the cached loops of this kernel are not the variant's
             for attr in ("serial", "parallel", "contiguous_serial", "contiguous_parallel",
                          "cuda"):
                 kernel.__dict__.pop(attr, None)
             self._variants[layout] = kernel
         return kernel
+
+    @property
+    def int8(self) -> bool:
+        """Whether some state of this kernel's layout is stored as int8 blocks."""
+        return self.layout is not None and _int8(self.layout)
 
     @property
     def _master(self) -> bool:
@@ -325,6 +352,11 @@ class SegmentedKernel:
         sources += [probe.cpu_source(parallel, strided)[1]
                     for parallel in (False, True) for strided in (False, True)]
         sources.append(_element_source("probe", probe, probe.layout))
+        sources.append(probe.cuda_source()[1])
+        probe.layout = ("same", "same", tuple(("q8s", "q8u", "same")[k % 3] for k in range(n)),
+                        False, tuple(range(1, n + 1)), (False,) * n)
+        if n:  # int8 loops (a kernel without states has none)
+            sources += [probe.cpu_source(parallel)[1] for parallel in (False, True)]
         probe.layout = None
         check_argument_names(self.name, names, [*sources, probe.cuda_source()[1]])
         self._names_checked = True
@@ -346,6 +378,8 @@ class SegmentedKernel:
             param_dtype=("uint16" if reduced and self.layout[0] != "same"
                          else "scalars.dtype"),
             index_i=index.format("base + i"),
+            cuda_extra=", key, offset" if reduced else "",
+            index_cuda=index.format("offset + i"),
             states=states,
             scalar_args=scalar_args,
             scalar_params=scalar_args,
@@ -357,7 +391,7 @@ class SegmentedKernel:
             targets_c=self._targets("param_c[k]", "{s}_c[k]", "term{k}"),
             slices="; ".join(f"{s}_c = {s}[base + first:base + first + count]"
                              for s in loop_states) or "pass",
-            states_cuda="".join(f", {s}[i]" for s in self.state_names),
+            states_cuda="".join(f", {s}[i]" for s in loop_states),
             targets_cpu=self._targets("param[i]", "{s}[base + i]", "term{k}"),
             targets_cuda=self._targets("param[i]", "{s}[i]", "term{k}"),
             segment_args=segment_args,
@@ -413,6 +447,11 @@ class SegmentedKernel:
         suffix = ("parallel" if parallel else "serial") + ("" if strided else "_contiguous")
         name = f"{self.name}_segmented_{suffix}_{_SOURCE_HASH}"
         pieces = self._pieces()
+        if self.int8:  # whole quantization blocks (contiguous chunks only)
+            pieces["states"] = "".join(f", {s}" for s in _int8_arguments(self))
+            pieces["extra"] = ", blocks, small, qmaps, coding"
+            if not parallel:
+                return name, _int8_source(name, self, pieces)
         if parallel:  # calls the serial loop (``chunk_loop``) per group of chunks
             return name, _CPU_PARALLEL_TEMPLATE.format(name=name, **pieces)
         source = _CPU_TEMPLATE.format(name=name, contiguous=self._contiguous(pieces),
@@ -426,7 +465,7 @@ class SegmentedKernel:
             chunk_loop = self.serial if strided else self.contiguous_serial
             fn = self._build(source, name, {"chunk_loop": chunk_loop})
         else:
-            fn = self._build(source, name, {"add_term": _add_term})
+            fn = self._build(source, name, {"add_term": _add_term, **_INT8_GLOBALS})
         return cpu_loop(fn, parallel)
 
     @cached_property
@@ -471,9 +510,8 @@ class SegmentedKernel:
     def cuda(self):
         from numba import cuda, float64
 
-        if self.layout is not None:  # (the GPU runs these rules in the arithmetic's dtype)
-            raise NotImplementedError(f"{self.name}: reduced-precision layouts run on the "
-                                      "CPU only")
+        if self.int8:  # (the optimizers refuse int8 multi-pass state on the GPU)
+            raise NotImplementedError(f"{self.name}: int8 states run on the CPU only")
         name, source = self.cuda_source()
         fn = self._build(source, name, {"cuda": cuda, "float64": float64})
         return cuda.jit(fn)
@@ -538,3 +576,126 @@ def _element_function(name: str, kernel: SegmentedKernel, layout: tuple):
     namespace = {"rule": kernel.rule, **_GLOBALS}
     exec(compile(source, f"<fastmoments segmented element {name}>", "exec"), namespace)
     return rule(namespace[name])
+
+
+# ------------------------------------------------------------- int8 states
+# A pass over int8 states (codecs "q8s"/"q8u", see :mod:`.quantized`) walks whole
+# quantization blocks: its chunks are contiguous runs of one tensor that begin and end
+# at block edges (a table of whole tensors, or of a shard's pieces, with CHUNK a multiple
+# of the block: ``segmented_run`` checks it). Each block is dequantized into a
+# block-sized scratch, the rule runs on its elements (the parameter and the terms from
+# the values before requantization), and the block's states written by the pass are
+# requantized with their new scales, as the element-wise int8 loops do it; a block of a
+# tensor below the int8 threshold reads and writes the state's float32 buffer instead.
+_INT8_GLOBALS = {"np": np, "code_slot": quantized.code_slot, "code_of": quantized.code_of,
+                 "magnitude": quantized.magnitude, "nonzero_code": quantized.nonzero_code}
+
+
+def _int8(layout: tuple) -> bool:
+    return any(codec.startswith("q8") for codec in layout[2])
+
+
+def _int8_arguments(kernel: SegmentedKernel) -> list[str]:
+    """The state arguments of an int8 kernel's loops: per int8 state its codes, scales
+    and float32 buffer (:func:`~.quantized.aux_names`), per other state its buffer."""
+    out = []
+    for name, codec in zip(kernel.state_names, kernel.layout[2]):
+        out += [name, *quantized.aux_names(name)] if codec.startswith("q8") else [name]
+    return out
+
+
+def _int8_source(name: str, kernel: SegmentedKernel, pieces: dict[str, str]) -> str:
+    """The serial CPU loop of an int8 kernel over chunks ``first_chunk`` to
+    ``stop_chunk`` (arguments as the other loops', the states as
+    :func:`_int8_arguments`, then ``blocks, small, qmaps, coding``: the group's block
+    table, :func:`~.quantized.maps` and :func:`~.quantized.code_table`)."""
+    states, codecs, writes = kernel.state_names, kernel.layout[2], kernel.writes
+    quantized_rows = {s: q for q, s in enumerate(s for s, c in zip(states, codecs)
+                                                 if c.startswith("q8"))}
+    signs = {s: int(c.startswith("q8s")) for s, c in zip(states, codecs)}
+    terms = range(kernel.num_terms)
+    segment_args = "".join(f", {s}" for s in kernel.segment_names)
+    scalar_args = "".join(f", {s}" for s in kernel.scalar_names)
+
+    def call(value) -> str:
+        """``targets = rule(...)`` with the state values ``value(state)``."""
+        out = ["param[ip]" if "param" in writes else "_param"]
+        out += [value(s) if s in writes else f"_{s}" for s in states]
+        out += [f"term{k}" for k in terms]
+        args = "".join(f", {value(s)}" for s in states)
+        return (", ".join(out) + ("," if len(out) == 1 else "")
+                + f" = rule(param[ip], grad[ip]{args}{segment_args}{scalar_args})")
+
+    parts = [f"part{k} = add_term(part{k}, term{k})" for k in terms]
+    small_value = {s: (f"{quantized.aux_names(s)[1]}[fk]" if s in quantized_rows else f"{s}[i]")
+                   for s in states}
+    block_value = {s: (f"v{quantized_rows[s]}" if s in quantized_rows else f"{s}[i]")
+                   for s in states}
+    body = ["lo = blocks[b]", "hi = blocks[b + 1]", "count = hi - lo",
+            "first = np.uint64(lo - base)", *[f"part{k} = scalars.dtype.type(0)" for k in terms],
+            "off = small[b]", "if off >= 0:",
+            "    kept = np.uint64(off)",
+            "    for k in range(count):",
+            "        i = np.uint64(lo) + np.uint64(k)",
+            "        ip = first + np.uint64(k)",
+            "        fk = kept + np.uint64(k)",
+            "        " + call(small_value.__getitem__),
+            *["        " + line for line in parts],
+            "else:", "    start = np.uint64(lo)"]
+    inner = ["for k in range(count):", "    i = start + np.uint64(k)"]  # the map values
+    for s, q in quantized_rows.items():
+        inner.append(f"    work[{q}, k] = qmaps[{signs[s]}, {s}[i]]")
+    for s, q in quantized_rows.items():
+        inner += [f"scale{q} = {quantized.aux_names(s)[0]}[b]", f"peak{q} = np.uint32(0)"]
+    inner += ["for k in range(count):", "    i = start + np.uint64(k)",
+              "    ip = first + np.uint64(k)"]
+    inner += [f"    v{q} = work[{q}, k] * scale{q}" for q in quantized_rows.values()]
+    inner.append("    " + call(block_value.__getitem__))
+    for s, q in quantized_rows.items():
+        if s in writes:
+            inner += [f"    work[{q}, k] = v{q}", f"    peak{q} = max(peak{q}, magnitude(v{q}))"]
+    inner += ["    " + line for line in parts]
+    stored = [(s, q) for s, q in quantized_rows.items() if s in writes]
+    for s, q in stored:  # the new scales, the values' slots
+        w = f"work[{q}, k]"
+        inner += [f"top = np.uint32(peak{q}).view(np.float32)",
+                  f"{quantized.aux_names(s)[0]}[b] = top",
+                  "if top > 0:", "    for k in range(count):",
+                  f"        slots[{q}, k] = code_slot({w} / top)",
+                  "else:", "    for k in range(count):",
+                  f"        slots[{q}, k] = code_slot({w} - {w})"]
+    if stored:
+        inner.append("for k in range(count):")  # the table entries (scalar reads)
+        inner += [f"    entries[{q}, k] = coding[{signs[s]}, slots[{q}, k] >> 16]"
+                  for s, q in stored]
+        inner += ["for k in range(count):", "    i = start + np.uint64(k)"]  # the codes
+        for s, q in stored:
+            code = f"code_of(entries[{q}, k], slots[{q}, k])"
+            if not signs[s]:  # a positive value never stored as 0 (see nonzero_code)
+                code = f"nonzero_code({code}, work[{q}, k])"
+            inner.append(f"    {s}[i] = {code}")
+    body += ["    " + line for line in inner]
+    body += [f"acc{k} += part{k}" for k in terms]
+    body.append("b += 1")
+    shape = f"({max(len(quantized_rows), 1)}, {quantized.BLOCK})"
+    lines = [f"def {name}(param_addresses, grad_addresses, offsets, chunks, segment_values, "
+             f"sums{pieces['states']}{pieces['extra']}, scalars, first_chunk, stop_chunk):",
+             f"    {pieces['unpack']}",
+             f"    work = np.empty({shape}, scalars.dtype)",
+             f"    slots = np.empty({shape}, np.uint32)",
+             f"    entries = np.empty({shape}, np.uint32)",
+             "    for c in range(first_chunk, stop_chunk):",
+             "        j = chunks[c, 0]",
+             "        seg = chunks[c, 1]",
+             "        base = offsets[j]",
+             "        n = offsets[j + 1] - base",
+             "        param = carray(void_pointer(param_addresses[j]), n, scalars.dtype)",
+             "        grad = carray(void_pointer(grad_addresses[j]), n, scalars.dtype)",
+             f"        {pieces['segment_unpack']}",
+             f"        {pieces['acc_init']}",
+             "        stop = base + chunks[c, 2] + chunks[c, 3]",
+             "        b = np.searchsorted(blocks, base + chunks[c, 2])",
+             "        while blocks[b] < stop:"]
+    lines += ["            " + line for line in body]
+    lines.append(f"        {pieces['acc_store']}")
+    return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import config
-from . import host
+from . import host, quantized
 from .compile import WhenReady, compile_in_background, loop_ready
 from .segmented import MAX_THREADS, SegmentedKernel
 from .segments import _FIRST, _FIRST_FLAT, Segments
@@ -118,9 +118,35 @@ def workspace(kernel: SegmentedKernel, group: Any, segments: Segments) -> Worksp
     dtype = getattr(group, "compute_dtype", group.dtype)
     ws = segments._workspaces.get(kernel)
     if ws is None or ws.dtype != dtype or ws.device != group.device:
+        if kernel.int8:
+            _check_whole_blocks(kernel, group, segments)
         ws = segments._workspaces[kernel] = Workspace(kernel, segments, dtype,
                                                       group.device, group.offsets)
     return ws
+
+
+def _check_whole_blocks(kernel: SegmentedKernel, group: Any, segments: Segments) -> None:
+    """Refuse a table whose chunks are not runs of whole int8 blocks: the loops of an
+    int8 kernel requantize each block they step, from all of its new values. (The
+    optimizers check their tables when they build them, see ``optim.multipass``.)"""
+    if group.device != "cpu" or not segments.whole_blocks(group.offsets,
+                                                          group.precision.blocks[0]):
+        raise ValueError(f"{kernel.name}: int8 states need a table of contiguous chunks on "
+                         "the CPU that begin and end at the edges of the quantization blocks")
+
+
+def _int8_states(kernel: SegmentedKernel, group: Any, states: tuple) -> tuple:
+    """The loop arguments of an int8 kernel after the sums (see
+    :func:`~.segmented._int8_arguments`): an int8 state's codes (``states``' entry)
+    with the group's scales and float32 buffer of that state, then the block table,
+    the maps and the code table."""
+    out: list = []
+    for name, codec, buffer in zip(kernel.state_names, kernel.layout[2], states):
+        out.append(buffer)
+        if codec.startswith("q8"):
+            out += [group.state[aux] for aux in quantized.aux_names(name)]
+    blocks, small, _, _ = group.precision.blocks
+    return (*out, blocks, small, quantized.maps(), quantized.code_table())
 
 
 def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
@@ -190,13 +216,15 @@ def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
             np.copyto(values, given, casting="unsafe")
     if states is None:
         states = tuple(group.state[name] for name in kernel.state_names)
-    if kernel.layout is not None:
-        if kernel.layout[3]:
-            states = (*states, group.state["master_param"])
-        states = (*states, group.rounding)
+    if kernel.layout is not None and kernel.layout[3]:
+        states = (*states, group.state["master_param"])
     if group.device == "cuda":
         _run_cuda(kernel, group, source, segments, ws, states)
     else:
+        if kernel.int8:  # codes, scales and float32 buffer per int8 state; the tables
+            states = _int8_states(kernel, group, states)
+        elif kernel.layout is not None:  # the step's key, in a uint32 array the loops load
+            states = (*states, group.rounding)
         param_addresses = group.param_addresses
         if isinstance(source, str):  # "params": no gradient is read
             grad_addresses = param_addresses
@@ -240,19 +268,21 @@ def _grid(rows: int) -> tuple[int, int]:
 
 def _run_cuda(kernel, group, source, segments, ws: Workspace, states) -> None:
     """The pass on the GPU, into the workspace's device buffers; the sums are copied
-    into ``ws.sums`` (a launch still allocates numba's small argument objects)."""
+    into ``ws.sums`` (a launch still allocates numba's small argument objects). A kernel
+    with a layout also takes the step's key and the group index of its ``param[0]``."""
     fn = kernel.cuda
     chunks = segments.device_chunks()
     d_values, d_sums = ws.device_buffers()
     if kernel.segment_names:
         d_values.copy_to_device(ws.values)
     scalars = tuple(ws.scalars)
+    key = (np.uint32(group.rounding[0]),) if kernel.layout is not None else ()
     if group.flat is not None and not isinstance(source, list):
         data = group.flat.data
         grad = data if isinstance(source, str) else source
         blocks, threads = _grid(segments.num_chunks)
         fn[blocks, threads](data, grad, *states, chunks, _FIRST_FLAT, d_values, d_sums,
-                            *scalars)
+                            *_indexed(key, 0), *scalars)
     else:
         for j, p in enumerate(group.params):
             r0, r1 = int(segments.rows[j]), int(segments.rows[j + 1])
@@ -263,5 +293,11 @@ def _run_cuda(kernel, group, source, segments, ws: Workspace, states) -> None:
             grad = flat_p if isinstance(source, str) else source[j].reshape(p.size)
             blocks, threads = _grid(r1 - r0)
             fn[blocks, threads](flat_p, grad, *(s[start:stop] for s in states), chunks[r0:r1],
-                                _FIRST, d_values, d_sums[r0:r1], *scalars)
+                                _FIRST, d_values, d_sums[r0:r1], *_indexed(key, start),
+                                *scalars)
     d_sums.copy_to_host(ws._host_sums)
+
+
+def _indexed(key: tuple, offset: int) -> tuple:
+    """A reduced kernel's ``key, offset`` arguments (none for a plain kernel)."""
+    return (*key, np.int64(offset)) if key else ()

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Segments", "Parts", "whole_tensors", "CHUNK"]
 
-#: the longest run of elements one chunk (one thread, or one CUDA block) processes
+#: the longest run of elements one chunk (one thread, or one CUDA block) processes; a
+#: multiple of int8's block (256), so that the chunks of whole tensors are whole blocks
+#: (``Segments.whole_blocks``)
 CHUNK = 1 << 14
 
 # chunk-table columns
@@ -146,6 +148,17 @@ class Segments:
             bounds = self._bounds[threads] = np.concatenate(
                 ([0], cuts, [self.num_chunks])).astype(np.int64)
         return bounds
+
+    def whole_blocks(self, offsets: np.ndarray, blocks: np.ndarray) -> bool:
+        """Whether every chunk is contiguous and begins and ends at one of the flat
+        indices ``blocks`` (the edges of int8 quantization blocks, see
+        :func:`~.quantized.block_table`; ``offsets``: the group's). A table of whole
+        tensors, or of a shard's pieces, is when :data:`CHUNK` is a multiple of the
+        block size: its chunks start every ``CHUNK`` elements of a parameter, and the
+        blocks every block size."""
+        starts = offsets[self.chunks[:, _TENSOR]] + self.chunks[:, _FIRST]
+        edges = np.concatenate((starts, starts + self.chunks[:, _COUNT]))
+        return self.contiguous and bool(np.isin(edges, blocks).all())
 
     @property
     def num_chunks(self) -> int:

@@ -29,6 +29,12 @@ _LAMB_APPLY = SegmentedKernel(_rules.lamb_apply, ("update",), ("trust_step",), 0
 _LAMB_NORMS = SegmentedKernel(_rules.lamb_norms, _MOMENTS, (), 2, _MOMENTS)
 _LAMB_APPLY_RECOMPUTED = SegmentedKernel(_rules.lamb_apply_recomputed, _MOMENTS,
                                          ("trust_step",), 0, ("param",))
+# the GPU with moments stored in fewer bits: pass 1 only reads them (the norms), pass 2
+# computes them again from the same stored values, steps and stores them (r from the
+# stored, narrowed moments would not be pass 1's)
+_LAMB_NORMS_READ = SegmentedKernel(_rules.lamb_norms, _MOMENTS, (), 2, ())
+_LAMB_MOMENTS_APPLY = SegmentedKernel(_rules.lamb_moments_apply, _MOMENTS, ("trust_step",), 0,
+                                      ("param", *_MOMENTS))
 
 
 class LAMB(_MultiPass):
@@ -68,7 +74,11 @@ class LAMB(_MultiPass):
     the step. On the CPU :math:`r_t` waits between the two in a buffer of the
     parameters' size and dtype (scratch, not state: it is not saved; recomputing it
     instead was not faster on the CPU); on a GPU the second pass
-    recomputes it, bit for bit, and device memory holds the moments only.
+    recomputes it, bit for bit, and device memory holds the moments only (with
+    ``state_dtype``, the second pass recomputes the moments too from the stored ones
+    and stores them, so that :math:`r_t` is the CPU's, from the moments before they
+    are narrowed; so does ``state_dtype="int8"`` on the CPU, which keeps no buffer
+    for :math:`r_t` either).
     :attr:`trust_ratios` keeps the last step's ratios (one array per group, updated in
     place by each step).
 
@@ -102,6 +112,8 @@ class LAMB(_MultiPass):
                      weight_decay=hyper["weight_decay"], lr=lr)
 
     def _passes(self, group: Group) -> list[tuple[int, ...]]:
+        if _recomputes(group):  # read p, g, m, v; read p, g, m, v, write p, m, v
+            return [(4, 0, group.numel), (4, 3, group.numel)]
         if group.device == "cuda":  # read p, g, m, v, write m, v; read p, m, v, write p
             return [(4, 2, group.numel), (3, 1, group.numel)]
         # moments: read p, g, m, v, write m, v and r (a buffer it does not read);
@@ -116,10 +128,15 @@ class LAMB(_MultiPass):
         k = self._groups.index(group)
         pass_scalars = (grad_mult, clip_value, one_minus_beta1, beta2, one_minus_beta2,
                         inv_bc1, inv_bc2, eps, weight_decay)
-        if group.device == "cuda":  # no buffer for r on the device: pass 2 recomputes it
+        if _recomputes(group):  # no buffer for r: pass 2 recomputes the moments too
+            first, second = (_variant(self, group, _LAMB_NORMS_READ),
+                             _variant(self, group, _LAMB_MOMENTS_APPLY))
+            first_states = second_states = None  # the group's moments
+            second_scalars: tuple = pass_scalars
+        elif group.device == "cuda":  # no buffer for r on the device: pass 2 recomputes it
             first, second = _LAMB_NORMS, _LAMB_APPLY_RECOMPUTED
             first_states = second_states = None  # the group's moments
-            second_scalars: tuple = (inv_bc1, inv_bc2, eps, weight_decay)
+            second_scalars = (inv_bc1, inv_bc2, eps, weight_decay)
         else:  # pass 1 stores r, pass 2 reads it
             update = self._updates[k]
             if update is None:  # in the arithmetic's dtype (float32 for 16-bit params)
@@ -148,6 +165,16 @@ class LAMB(_MultiPass):
             run(second, group, source, segments, steps, second_scalars, second_states,
                 _lamb_apply_numpy, (group, second_states[0], segments))
         self.trust_ratios[k] = trust
+
+
+def _recomputes(group: Group) -> bool:
+    """Whether the group's second pass recomputes the moments and r from the stored
+    moments (and stores the moments) instead of reading r from a buffer: on a GPU with
+    ``state_dtype`` (no buffer for r there; r from the moments before they are
+    narrowed), and for int8 state (a float32 buffer for r would be twice the int8
+    moments' memory)."""
+    precision = group.precision
+    return precision is not None and (group.device == "cuda" or precision.state == "int8")
 
 
 @cached_njit(error_model="numpy")

@@ -20,11 +20,15 @@ Every class takes the options shared by all optimizers (``nonfinite``,
 keeps its state in flat buffers (``state_dict`` / ``load_state_dict`` as everywhere).
 
 Reduced precision (``state_dtype="bfloat16"``, 16-bit parameters, see
-:mod:`._precision`) works on the CPU as for the element-wise rules: the group's state
-buffers are kept in their stored form, and each pass runs its kernel's variant for the
-group's layout (:func:`_variant`, :meth:`~fastmoments.kernels.segmented.
+:mod:`._precision`) works as for the element-wise rules: the group's state buffers are
+kept in their stored form, and each pass runs its kernel's variant for the group's
+layout (:func:`_variant`, :meth:`~fastmoments.kernels.segmented.
 SegmentedKernel.reduced`), which widens what it loads and narrows what it stores with
-the step's key (:func:`_advance_key`, at the start of each step's ``_run``).
+the step's key (:func:`_advance_key`, at the start of each step's ``_run``): on the CPU
+and, for float32/float64 parameters, on the GPU (the same codecs and random bits).
+``state_dtype="int8"`` works on the CPU for the classes whose passes that touch a state
+walk whole tensors (LAMB, SWATS: ``int8_refusal`` None): such a pass dequantizes,
+steps and requantizes whole blocks, and checks its table for it (``_table``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels import quantized
 from ..kernels import rules as _rules
+from ..kernels import segments as segments_module
 from ..kernels.elementwise import named_scalars
 from ..kernels.precision import resolve as resolve_precision
 from ..kernels.precision import step_key_host
@@ -84,9 +90,18 @@ def _table(opt: Any, group: Group, layouts: Callable[[list], list]) -> Segments:
     their layouts (see :class:`~fastmoments.kernels.segments.Segments`)."""
     shard = getattr(opt, "segment_parts", None)
     if shard is None:
-        return Segments(group.offsets, layouts([tuple(p.shape) for p in group.params]))
-    shapes, parts = shard[opt._groups.index(group)]
-    return Segments(group.offsets, layouts(list(shapes)), parts)
+        table = Segments(group.offsets, layouts([tuple(p.shape) for p in group.params]))
+    else:
+        shapes, parts = shard[opt._groups.index(group)]
+        table = Segments(group.offsets, layouts(list(shapes)), parts)
+    precision = group.precision
+    if (precision is not None and precision.state == "int8"
+            and not table.whole_blocks(group.offsets, precision.blocks[0])):
+        # (whole tensors and a shard's pieces are, for CHUNK a multiple of the block)
+        raise ValueError(f"{type(opt).__name__}: state_dtype='int8' needs chunks of whole "
+                         f"quantization blocks: segments.CHUNK ({segments_module.CHUNK}) "
+                         f"must be a multiple of {quantized.BLOCK}")
+    return table
 
 
 def tensor_sizes(opt: Any, group: Group) -> np.ndarray:
@@ -173,13 +188,19 @@ class _MultiPass(Optimizer):
     reduce_totals: Callable[[np.ndarray], None] | None = None
     #: the passes work on a shard (see ``build_sharded``)
     shard_aware = True
+    #: why ``state_dtype="int8"`` is refused for this class, or None where each pass
+    #: that touches a state walks whole int8 blocks (whole tensors or a shard's
+    #: pieces, see :func:`_variant`)
+    int8_refusal: str | None = None
 
     def _precision_options(self, state_dtype: str | None, state_rounding: Any,
                            master_weights: bool | None, seed: int) -> None:
         """As :class:`~fastmoments.optim.base.Optimizer`'s, for the passes of
-        :func:`_variant`: bfloat16 (or float32) state and 16-bit parameters on the
-        CPU. The step's key is written by ``_run`` (:func:`_advance_key`), so ``_run``
-        stays the class's own."""
+        :func:`_variant`: bfloat16 (or float32) state, on the CPU and the GPU; 16-bit
+        parameters on the CPU; int8 state on the CPU with float32/float64 parameters
+        where the class allows it (:attr:`int8_refusal`). Refuses the rest before
+        attaching anything. The step's key is written by ``_run``
+        (:func:`_advance_key`), so ``_run`` stays the class's own."""
         owner = type(self).__name__
         self.state_dtype, self.state_rounding = state_dtype, state_rounding
         self.master_weights, self.seed = master_weights, seed
@@ -189,20 +210,30 @@ class _MultiPass(Optimizer):
             if precision is None:
                 continue
             if precision.state == "int8":
-                # the int8 codec quantizes blocks of 256 elements inside one element-wise
-                # pass; these passes walk segments (ND-Adam's strided columns, a shard's
-                # pieces) that do not line up with the blocks
-                raise ValueError(f"{owner}: state_dtype='int8' is not supported for "
-                                 f"{owner}, whose passes walk segments of the buffer, not "
-                                 "int8's blocks; use state_dtype='bfloat16'")
-            if group.device == "cuda":
-                raise ValueError(f"{owner}: state_dtype={state_dtype!r} with {group.dtype} "
-                                 f"parameters is not supported on the GPU for {owner} yet "
-                                 "(its passes run in the parameters' dtype there); use "
-                                 "state_dtype=None and float32/float64 CUDA arrays")
+                refusal = type(self).int8_refusal
+                if refusal is not None:
+                    raise ValueError(f"{owner}: state_dtype='int8' is not supported for "
+                                     f"{owner}: {refusal}; use state_dtype='bfloat16'")
+                if group.device == "cuda":
+                    raise ValueError(f"{owner}: state_dtype='int8' is not supported on the "
+                                     f"GPU for {owner} (its int8 passes run on the CPU); use "
+                                     "state_dtype='bfloat16' on the GPU")
+                if precision.param != "same":
+                    raise ValueError(f"{owner}: state_dtype='int8' needs float32 or float64 "
+                                     f"parameters for {owner}, got {group.dtype}; use "
+                                     "state_dtype='bfloat16' with 16-bit parameters")
+            if group.device == "cuda" and precision.param != "same":
+                # the GPU passes take the parameters in the arithmetic's dtype: 16-bit
+                # ones would need their uint16 views and a master copy there
+                raise ValueError(f"{owner}: {group.dtype} CUDA parameters are not supported "
+                                 f"for {owner} yet (16-bit parameters run on the CPU); use "
+                                 "float32/float64 CUDA arrays (state_dtype='bfloat16' "
+                                 "works with them)")
         for group, precision in zip(self._groups, found):
             if precision is not None:
                 _precision.attach(group, precision)
+                if precision.state == "int8":  # its table of whole blocks, checked now
+                    _whole(self, group)
 
     def _select(self, hyper: dict[str, Any]) -> _Layout:  # type: ignore[override]
         cls = type(self)

@@ -108,6 +108,12 @@ class NDAdam(_MultiPass):
     """
 
     _nonneg = ("eps",)
+    int8_refusal = (
+        "its second moment is one value per weight vector, repeated in the vector's "
+        "elements, and int8 blocks of 256 consecutive elements (one scale each) would "
+        "store the copies of a vector that crosses a block edge (or of a column, which "
+        "meets every block) as different values; its first moment is stored by one pass "
+        "and read by the next along vectors that do not line up with the blocks")
 
     def __init__(self, params: Any, lr: Any = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, axis: int | tuple[int, ...] = -1, *,

@@ -72,6 +72,7 @@ from .multipass import (
     lamb_direction,
     lamb_first_pass,
     lamb_moments,
+    lamb_moments_apply,
     lamb_norms,
     ndadam_moments,
     ndadam_radial,
@@ -94,7 +95,7 @@ __all__ = [
     "adabelief_amsgrad", "lion",
     # multipass
     "lamb_direction", "lamb_first_pass", "lamb_moments", "lamb_apply", "lamb_norms",
-    "lamb_apply_recomputed", "ndadam_radial", "ndadam_moments", "ndadam_step",
+    "lamb_apply_recomputed", "lamb_moments_apply", "ndadam_radial", "ndadam_moments", "ndadam_step",
     "segment_square", "segment_divide", "swats_adam", "swats_sgd", "accumulate_square",
     # modern
     "adopt_momentum", "adopt", "adopt_cautious_moments", "adopt_cautious_apply",

@@ -76,6 +76,18 @@ def lamb_apply_recomputed(param, grad, exp_avg, exp_avg_sq, trust_step, inv_bias
     return param - trust_step * r, exp_avg, exp_avg_sq
 
 
+@rule
+def lamb_moments_apply(param, grad, exp_avg, exp_avg_sq, trust_step, grad_mult, clip_value,
+                       one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
+                       inv_bias_correction2, eps, weight_decay):
+    # pass 2 (GPU, states stored in fewer bits): the moments and r of pass 1 again, from
+    # the same stored values (bit for bit), p <- p - lr * trust * r, the moments stored
+    m, v, r = lamb_first_pass(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
+                              one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
+                              inv_bias_correction2, eps, weight_decay)
+    return param - trust_step * r, m, v
+
+
 # ----------------------------------------------------------------- ND-Adam
 @rule
 def ndadam_radial(param, grad, grad_mult, clip_value):
