@@ -310,9 +310,39 @@ def test_rules_with_passes_of_their_own_refuse_reduced_state():
     # int8 for LAMB and SWATS: tests/test_precision_multipass_more.py)
     with pytest.raises(ValueError, match="state_dtype='int8' is not supported for NDAdam"):
         fm.NDAdam([np.zeros((2, 3), np.float32)], state_dtype="int8")
-    with pytest.raises(ValueError, match="init_second_moment"):
-        fm.Yogi([np.zeros(3, np.float32)], state_dtype="bfloat16").init_second_moment(
-            [np.ones(3, np.float32)])
+
+
+@pytest.mark.parametrize("dtype, state_dtype", [(np.float32, "bfloat16"), (np.float32, "int8"),
+                                                (BF16, None)])
+def test_yogi_init_second_moment_in_reduced_storage(dtype, state_dtype):
+    """v0 = the mean of (g + wd p)^2 over the gradients given, stored in the group's form
+    (rounded to nearest): what the float32-state optimizer holds, encoded; the first
+    step is then the float32-state optimizer's step from that stored v0."""
+    rng = np.random.default_rng(3)
+    start = [rng.standard_normal(4096 + 100).astype(dtype), rng.standard_normal(7).astype(dtype)]
+    grads = [[rng.standard_normal(p.size).astype(dtype) for p in start] for _ in range(3)]
+    hyper = dict(lr=0.01, weight_decay=0.1)
+    ref = fm.Yogi([p.astype(np.float64) for p in start], **hyper)
+    ref.init_second_moment(*[[g.astype(np.float64) for g in gs] for gs in grads])
+    params = [p.copy() for p in start]
+    opt = fm.Yogi(params, **hyper, state_dtype=state_dtype)
+    opt.init_second_moment(*grads)
+    group = opt._groups[0]
+    wide = [np.concatenate([g.astype(np.float64) for g in gs]) for gs in grads]
+    start64 = np.concatenate([p.astype(np.float64) for p in start])
+    want = np.mean([(g + 0.1 * start64) ** 2 for g in wide], axis=0)
+    assert np.allclose(np.concatenate([ref.state[k]["exp_avg_sq"] for k in range(2)]), want,
+                       rtol=1e-14)  # what the float64 optimizer holds
+    from fastmoments.optim import _precision
+    stored = group.precision.state_dtype
+    expected = _precision.encode_state(group, "exp_avg_sq", want.astype(np.float32), stored)
+    for name, array in expected.items():
+        assert np.array_equal(np.asarray(group.state[name]), array), name
+    got = _precision.decode_state(group, "exp_avg_sq", group.state, stored).astype(np.float64)
+    rel = {"bfloat16": 2.0**-8, "int8": 0.15, "float32": 1e-7}[stored]
+    assert np.allclose(got, want, rtol=rel, atol=rel * want.max() * 1e-3)
+    with pytest.raises(RuntimeError, match="before the first step"):
+        opt.step(grads[0]) or opt.init_second_moment(*grads)
 
 
 def test_the_default_storage_is_unchanged():

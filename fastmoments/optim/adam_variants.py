@@ -112,12 +112,13 @@ class Yogi(Optimizer):
         ------
         RuntimeError
             After the first step.
-        ValueError
-            With reduced-precision storage (``state_dtype``, 16-bit parameters).
+
+        Notes
+        -----
+        With reduced-precision storage (``state_dtype``, 16-bit parameters) the mean is
+        taken in float64 on the host and stored rounded to nearest, as loading a state
+        dict stores values.
         """
-        if any(group.precision is not None for group in self._groups):
-            raise ValueError("Yogi.init_second_moment: not supported with state_dtype="
-                             f"{self.state_dtype!r} or 16-bit parameters yet")
         init_second_moment(self, grads)
 
 

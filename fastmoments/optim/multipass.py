@@ -319,8 +319,60 @@ def init_second_moment(opt: Any, grads: Sequence[Any]) -> None:
     opt._revalidate()
     weight = 1.0 / len(grads)
     for k, g in enumerate(grads):
+        # (collected right before its run: the list path writes the gradients'
+        # addresses into the group's table, which the run reads)
         for group, source in zip(opt._groups, opt._collect(g)):
-            run(_ACCUMULATE_SQUARE, group, source, _whole(opt, group), None,
-                (0.0 if k == 0 else 1.0, weight, group.hyper["weight_decay"]))
+            if group.precision is None:
+                run(_ACCUMULATE_SQUARE, group, source, _whole(opt, group), None,
+                    (0.0 if k == 0 else 1.0, weight, group.hyper["weight_decay"]))
+    sources = [opt._collect(g) for g in grads]
+    for j, group in enumerate(opt._groups):
+        if group.precision is not None:
+            # the list path's source is None (its addresses are in the group's table):
+            # the group's own slice of each list instead
+            mine = [g[group.index_base:group.index_base + len(group.params)]
+                    if isinstance(g, (list, tuple)) and s[j] is None else s[j]
+                    for g, s in zip(grads, sources)]
+            _init_stored_second_moment(group, mine)
     for group in opt._groups:
         group.host_state["second_moment_initialized"] = 1.0
+
+
+def _host_values(group: Group, source: Any) -> np.ndarray:
+    """A group's gradient (``source`` as ``_collect`` gives it; None: its FlatParams'
+    buffer) or, for ``source=group.params``, its parameters, as one float64 host array
+    in the group's flat layout (16-bit values widened exactly)."""
+    if source is None:
+        source = group.flat.grad
+    arrays = list(source) if isinstance(source, (list, tuple)) else [source]
+    out = np.empty(group.numel, dtype=np.float64)
+    at = 0
+    for a in arrays:
+        host = a if isinstance(a, np.ndarray) else a.copy_to_host()
+        host = host.reshape(-1)
+        out[at:at + host.size] = host.astype(np.float64)
+        at += host.size
+    return out
+
+
+def _init_stored_second_moment(group: Group, sources: list[Any]) -> None:
+    """:func:`init_second_moment` for a group stored in fewer bits (bfloat16 or int8
+    state, 16-bit parameters): the mean of the squared gradients computed once on the
+    host in float64 and stored in the group's form, rounded to nearest (what loading a
+    state dict does). An initialization, not a step: no loop is compiled for it."""
+    params = group.state.get(_precision.MASTER)
+    values = _host_values(group, params if params is not None else group.params)
+    decay = float(group.hyper["weight_decay"])
+    total = np.zeros(group.numel, dtype=np.float64)
+    for source in sources:
+        g = _host_values(group, source) + decay * values
+        total += g * g
+    total /= len(sources)
+    parts = _precision.encode_state(group, "exp_avg_sq", total.astype(group.compute_dtype),
+                                    group.precision.state_dtype)
+    for name, array in parts.items():
+        buffer = group.state[name]
+        if isinstance(buffer, np.ndarray):
+            buffer[...] = array
+        else:
+            buffer.copy_to_device(np.ascontiguousarray(array, dtype=buffer.dtype))
