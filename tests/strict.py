@@ -17,7 +17,7 @@ import pytest
 TEST_EXTRA_MODULES = frozenset({
     "torch", "lion_pytorch", "adabelief_pytorch", "pytorch_optimizer", "schedulefree", "optax",
     "jax", "mpi4py", "ml_dtypes", "scipy", "matplotlib", "hypothesis", "mkdocs", "numba_cuda",
-    "bitsandbytes", "sklearn",
+    "bitsandbytes", "sklearn", "torchao",
 })
 
 

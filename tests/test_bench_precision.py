@@ -1,6 +1,6 @@
 """``fastmoments bench --state-dtype``: the widths of the traffic, the ceilings of those
-widths, the bytes of state per parameter and the bitsandbytes peer. Structure and
-exact byte counts only, never speed."""
+widths, the bytes of state per parameter and the bitsandbytes and torchao peers.
+Structure and exact byte counts only, never speed."""
 
 import json
 import math
@@ -209,6 +209,9 @@ def test_table_has_the_state_columns(capsys):
     (["--state-dtype", ","], "one or more"),
     (["--compare", "bitsandbytes"], "--state-dtype int8"),
     (["--compare", "bitsandbytes", "--state-dtype", "bfloat16"], "--state-dtype int8"),
+    (["--compare", "torchao"], "--state-dtype int8"),
+    (["--compare", "torchao", "--state-dtype", "int8", "--backend", "cuda"],
+     "--state-dtype int8"),
 ])
 def test_bad_state_options_exit_2(capsys, argv, message):
     assert bench.main([*argv, "--quiet"]) == 2
@@ -262,6 +265,93 @@ def test_bitsandbytes_peer_computes_the_same_step(rule):
         assert np.abs(a - b).mean() < 0.02 * moved
         assert (np.abs(a - b) > 0.1 * moved).mean() < 0.01
     assert peer.storage.states == ("uint8",) * peer.n_states and peer.n_blocks == n // 256
+
+
+def _torchao_threads_1():
+    """torch at one thread (the bench sets it too: torchao's compiled step is compiled
+    for a thread count), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return lambda: torch.set_num_threads(before)
+
+
+def _same_step(peer, rule, n):
+    """After five steps from the same data, ``peer``'s parameters are as close to
+    fastmoments' int8 ones as each is to float32 state's (a wrong hyperparameter would
+    differ by the whole step)."""
+    mine = bench.fastmoments_case(rule, n, state_dtype="int8")
+    exact = bench.fastmoments_case(rule, n, state_dtype="float32")
+    start = bench.cases.host_data(n, np.float32, 0)[0].astype(np.float64)
+    mine.step()
+    exact.step()
+    for _ in range(4):
+        for case in (peer, mine, exact):
+            case.step()
+    theirs = np.concatenate([t.detach().numpy() for t in peer.keep[1]]).astype(np.float64)
+    ours, reference = (c.keep[1].data.astype(np.float64) for c in (mine, exact))
+    moved = np.abs(reference - start).mean()
+    assert moved > 0
+    for a, b in ((ours, theirs), (ours, reference), (theirs, reference)):
+        assert np.abs(a - b).mean() < 0.02 * moved
+        assert (np.abs(a - b) > 0.1 * moved).mean() < 0.01
+
+
+def test_torchao_peer_rows_and_step(capsys):
+    """--compare torchao: a torchao row beside each int8 Adam row, timed in the same
+    rounds, moving the same bytes, its state measured (codes, scales and torchao's own
+    256-entry maps); the case computes the same step. Uncompiled (the same torch
+    operations, measured to store the same codes as compiled: see
+    tests/test_precision_torchao.py): a first compile takes 15-55 s here."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchao")
+    restore = _torchao_threads_1()
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            doc = _run_json(capsys, "--rules", "adam", "--sizes", str(N), "--paths", "flat",
+                            "--state-dtype", "int8", "--compare", "torchao")
+            rows = doc["results"]
+            (r,) = [r for r in rows if r["impl"] == "fastmoments"]
+            (peer,) = [r for r in rows if r["impl"] == "torchao"]
+            assert doc["machine"]["torchao"] and doc["settings"]["compare"] == ["torchao"]
+            assert peer["bytes_per_step"] == r["bytes_per_step"] and _positive(peer["fraction"])
+            assert peer["arrays"] == 1 and peer["traffic"] == r["traffic"]
+            assert peer["state_bytes_per_param"] == 2 * (N + 4 * N // 256 + 1024) / N
+            assert r["speedup_vs_torchao"] == r["torchao_alongside_s"] / r["time_min_s"]
+            assert peer["time_min_s"] == r["torchao_alongside_s"]
+            case = bench.torchao_case("Adam", N)  # takes its first step
+            assert case.n_blocks == N // 256 and case.arrays == 1
+            _same_step(case, "Adam", N)
+    finally:
+        restore()
+
+
+def test_torchao_case_splits_off_what_is_not_a_whole_block():
+    """torchao quantizes only tensors of a whole number of blocks: for another size the
+    case holds that many blocks (8-bit state) and the rest (float32 state), and still
+    computes the same step (run uncompiled here: the same torch operations)."""
+    pytest.importorskip("torchao")
+    import torch
+
+    n = 4096 + 100
+    restore = _torchao_threads_1()
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            case = bench.torchao_case("AdamW", n)
+            opt, tensors = case.keep
+            assert [t.numel() for t in tensors] == [4096, 100] and case.arrays == 2
+            assert hasattr(opt.state[tensors[0]]["exp_avg_sq"], "codes")
+            assert opt.state[tensors[1]]["exp_avg_sq"].dtype == torch.float32
+            assert case.numel == n and case.n_blocks == math.ceil(n / 256)
+            assert case.state_bytes == 2 * (4096 + 4 * 16 + 1024 + 4 * 100)
+            _same_step(case, "AdamW", n)
+        with pytest.raises(NotImplementedError, match="4096 elements or more"):
+            bench.torchao_case("Adam", 4095)
+        with pytest.raises(NotImplementedError, match="no 8-bit Lion"):
+            bench.torchao_case("Lion", N)
+    finally:
+        restore()
 
 
 def test_markdown_output(capsys):

@@ -17,11 +17,15 @@ to float32 state:
   4096 elements and keeps float32 state (as in bitsandbytes).
 
 With ``--bnb``, bitsandbytes' CPU ``Adam8bit`` / ``AdamW8bit`` (block 256, tensors of 4096
-elements or more quantized) runs the same training too.
+elements or more quantized) runs the same training too; with ``--torchao``, torchao's
+``Adam8bit`` / ``AdamW8bit`` (block 256, tensors of 4096 elements or more that are a whole
+number of blocks quantized: every tensor quantized here is; compiled by ``torch.compile``
+on its first step, once per tensor shape and optimizer).
 
 Run::
 
-    python tools/precision_accuracy.py [--seeds 0,1,2] [--bnb] [--json out.json] [--markdown]
+    python tools/precision_accuracy.py [--seeds 0,1,2] [--bnb] [--torchao] [--json out.json]
+        [--markdown]
 """
 
 from __future__ import annotations
@@ -87,8 +91,8 @@ def final_loss(name: str, optimizer: str, state: str, seed: int, steps: int,
     runs of one seed differ only in their state dtype.
     """
     data, net = problem(name, seed, hidden)
-    if state == "bnb-int8":
-        return _bnb_final_loss(name, optimizer, data, net, seed, steps, batch_size)
+    if state in PEERS:
+        return _peer_final_loss(state, name, optimizer, data, net, seed, steps, batch_size)
     flat = fm.FlatParams(net.copy_params())
     net.bind(flat.params, flat.grads)
     cls, kwargs = OPTIMIZERS[name][optimizer]
@@ -105,11 +109,35 @@ def final_loss(name: str, optimizer: str, state: str, seed: int, steps: int,
             "state_bytes_per_param": state_bytes / flat.data.size}
 
 
-def _bnb_final_loss(name: str, optimizer: str, data: Dataset, net: Net, seed: int, steps: int,
-                    batch_size: int) -> dict[str, float]:
-    """:func:`final_loss` with bitsandbytes' ``Adam8bit`` / ``AdamW8bit`` (CPU): the model
-    computes in NumPy views of the torch tensors' memory."""
+def _bnb_optimizer(optimizer: str, params: list, kwargs: dict[str, Any]) -> Any:
     import bitsandbytes as bnb
+
+    cls = {"Adam": bnb.optim.Adam8bit, "AdamW": bnb.optim.AdamW8bit}[optimizer]
+    return cls(params, min_8bit_size=4096, **kwargs)  # fastmoments' threshold
+
+
+def _torchao_optimizer(optimizer: str, params: list, kwargs: dict[str, Any]) -> Any:
+    from fastmoments.tools.bench.cases import import_torchao_optim
+
+    optim = import_torchao_optim()
+    cls = {"Adam": optim.Adam8bit, "AdamW": optim.AdamW8bit}[optimizer]
+    return cls(params, block_size=256, **kwargs)  # its default, stated
+
+
+#: the 8-bit optimizers of other libraries: state label -> optimizer factory
+PEERS = {"bnb-int8": _bnb_optimizer, "torchao-int8": _torchao_optimizer}
+
+
+def _tensor_bytes(t: Any) -> int:
+    # torchao's 8-bit state is a tensor subclass whose stored form is codes, scales, map
+    parts = [getattr(t, k) for k in ("codes", "scale", "qmap")] if hasattr(t, "codes") else [t]
+    return sum(x.numel() * x.element_size() for x in parts)
+
+
+def _peer_final_loss(peer: str, name: str, optimizer: str, data: Dataset, net: Net,
+                     seed: int, steps: int, batch_size: int) -> dict[str, float]:
+    """:func:`final_loss` with another library's 8-bit ``Adam`` / ``AdamW`` (CPU,
+    :data:`PEERS`): the model computes in NumPy views of the torch tensors' memory."""
     import torch
 
     params = [torch.nn.Parameter(torch.from_numpy(p)) for p in net.copy_params()]
@@ -118,14 +146,13 @@ def _bnb_final_loss(name: str, optimizer: str, data: Dataset, net: Net, seed: in
     for p, g in zip(params, grads, strict=True):
         p.grad = torch.from_numpy(g)
     _, kwargs = OPTIMIZERS[name][optimizer]
-    cls = {"Adam": bnb.optim.Adam8bit, "AdamW": bnb.optim.AdamW8bit}[optimizer]
-    opt = cls(params, min_8bit_size=4096, **kwargs)  # fastmoments' threshold
+    opt = PEERS[peer](optimizer, params, kwargs)
     order = batches(data.n, batch_size, seed)
     for _ in range(steps):
         idx = next(order)
         net.loss_grad(data.X[idx], data.y[idx])
         opt.step()
-    state_bytes = sum(v.numel() * v.element_size() for st in opt.state.values()
+    state_bytes = sum(_tensor_bytes(v) for st in opt.state.values()
                       for k, v in st.items() if k != "step" and isinstance(v, torch.Tensor))
     return {"loss": net.loss(data.X, data.y), "accuracy": net.accuracy(data.X, data.y),
             "state_bytes_per_param": state_bytes / net.numel}
@@ -133,8 +160,8 @@ def _bnb_final_loss(name: str, optimizer: str, data: Dataset, net: Net, seed: in
 
 def measure(problems: Sequence[str] = ("spiral", "digits"), seeds: Sequence[int] = (0, 1, 2),
             steps: dict[str, int] | None = None, hidden: dict[str, int] | None = None,
-            optimizers: Sequence[str] = ("Adam", "AdamW"), bnb: bool = False
-            ) -> list[dict[str, Any]]:
+            optimizers: Sequence[str] = ("Adam", "AdamW"), bnb: bool = False,
+            torchao: bool = False) -> list[dict[str, Any]]:
     """One row per problem, optimizer and state dtype.
 
     Returns
@@ -145,7 +172,7 @@ def measure(problems: Sequence[str] = ("spiral", "digits"), seeds: Sequence[int]
         states, ``rel_mean`` (mean loss over float32's mean, minus 1), ``rel_worst`` (the
         largest ``|loss / float32's - 1|`` of a single seed) and ``target``. With
         ``bnb``, a row ``"bnb-int8"`` too: bitsandbytes' 8-bit optimizer (held to the
-        int8 target).
+        int8 target); with ``torchao``, a row ``"torchao-int8"``: torchao's.
     """
     steps = {"spiral": 1500, "digits": 600, **(steps or {})}
     hidden = hidden or {}
@@ -153,7 +180,8 @@ def measure(problems: Sequence[str] = ("spiral", "digits"), seeds: Sequence[int]
     for name in problems:
         for optimizer in optimizers:
             base = None
-            for state in STATES + (("bnb-int8",) if bnb else ()):
+            peers = (("bnb-int8",) if bnb else ()) + (("torchao-int8",) if torchao else ())
+            for state in STATES + peers:
                 runs = [final_loss(name, optimizer, state, s, steps[name],
                                    hidden=hidden.get(name)) for s in seeds]
                 losses = [r["loss"] for r in runs]
@@ -168,7 +196,7 @@ def measure(problems: Sequence[str] = ("spiral", "digits"), seeds: Sequence[int]
                     row["rel_mean"] = row["mean_loss"] / base["mean_loss"] - 1.0
                     row["rel_worst"] = max(abs(a / b - 1.0) for a, b in
                                            zip(losses, base["losses"], strict=True))
-                    row["target"] = TARGETS["int8" if state == "bnb-int8" else state]
+                    row["target"] = TARGETS["int8" if state in PEERS else state]
                 rows.append(row)
     return rows
 
@@ -199,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--hidden-digits", type=int, default=64)
     parser.add_argument("--bnb", action="store_true",
                         help="also bitsandbytes' Adam8bit / AdamW8bit (CPU)")
+    parser.add_argument("--torchao", action="store_true",
+                        help="also torchao's Adam8bit / AdamW8bit (CPU, torch.compile)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     cli = parser.parse_args(argv)
@@ -206,14 +236,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = measure(cli.problems.split(","), [int(s) for s in cli.seeds.split(",")],
                    {"spiral": cli.steps_spiral, "digits": cli.steps_digits},
                    {"spiral": cli.hidden_spiral, "digits": cli.hidden_digits},
-                   cli.optimizers.split(","), cli.bnb)
+                   cli.optimizers.split(","), cli.bnb, cli.torchao)
     if cli.markdown:
         print(markdown(rows))
     else:
         for r in rows:
             rel = (f"{r['rel_mean']:+8.2%} (worst seed {r['rel_worst']:.2%}, target "
                    f"{r['target']:.0%})" if "rel_mean" in r else "")
-            print(f"{r['problem']:<7} {r['optimizer']:<6} {r['state']:<9} "
+            print(f"{r['problem']:<7} {r['optimizer']:<6} {r['state']:<12} "
                   f"{r['state_bytes_per_param']:6.3f} B/p  loss {r['mean_loss']:.4f}  {rel}")
     print(f"({time.perf_counter() - start:.0f} s)")
     if cli.json:

@@ -2,8 +2,8 @@
 
 - :mod:`.cases`: what is timed: a :class:`~.cases.Case` (one step over flat buffers and
   its memory traffic, with the widths of its buffers for reduced-precision state:
-  :class:`~.cases.Storage`) for a fastmoments rule, torch.optim, bitsandbytes' 8-bit
-  optimizers and in-place NumPy;
+  :class:`~.cases.Storage`) for a fastmoments rule, torch.optim, bitsandbytes' and
+  torchao's 8-bit optimizers and in-place NumPy;
 - :mod:`.ceilings`: the in-place kernels with a rule's loads and stores (at their
   stored widths) and no math, and the device copy;
 - :mod:`.timing`: interleaved rounds, minimum and median; the first step in a fresh
@@ -23,6 +23,7 @@ from .cases import (
     RULE_KWARGS,
     STATE_DTYPES,
     TORCH_IMPLS,
+    TORCHAO_8BIT,
     Case,
     Storage,
     bitsandbytes_case,
@@ -32,6 +33,7 @@ from .cases import (
     require_cuda,
     rule_states,
     torch_case,
+    torchao_case,
     traffic,
 )
 from .ceilings import (
@@ -61,5 +63,5 @@ __all__ = [
     "time_steps", "first_step", "machine_info", "targets", "RULE_KWARGS", "TORCH_IMPLS",
     "NUMPY_RULES", "DEFAULT_SIZES", "TINY_SIZE", "Storage", "STATE_DTYPES", "BNB_8BIT",
     "bitsandbytes_case", "storage_ceiling_case", "storage_ceiling_kernel",
-    "cuda_storage_ceiling_kernel",
+    "cuda_storage_ceiling_kernel", "TORCHAO_8BIT", "torchao_case",
 ]

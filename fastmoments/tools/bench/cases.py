@@ -2,11 +2,11 @@
 
 The rows of ``fastmoments bench`` and of the asv suite are built here: a fastmoments
 rule (:func:`fastmoments_case`, also with a ``state_dtype``), its torch.optim
-counterpart (:func:`torch_case`), bitsandbytes' 8-bit optimizer
-(:func:`bitsandbytes_case`) and an in-place NumPy Adam/AdamW (:func:`numpy_case`),
-each over the same data. A case carries its memory traffic (the passes it makes over
-its buffers and, for reduced-precision state, the width of each buffer:
-:class:`Storage`), from which the ceiling it is compared with is built
+counterpart (:func:`torch_case`), bitsandbytes' and torchao's 8-bit optimizers
+(:func:`bitsandbytes_case`, :func:`torchao_case`) and an in-place NumPy Adam/AdamW
+(:func:`numpy_case`), each over the same data. A case carries its memory traffic (the
+passes it makes over its buffers and, for reduced-precision state, the width of each
+buffer: :class:`Storage`), from which the ceiling it is compared with is built
 (:mod:`.ceilings`).
 """
 
@@ -35,6 +35,9 @@ STATE_DTYPES = ("float32", "float64", "bfloat16", "int8")
 #: (blockwise, 256 elements per block, on the CPU through torch ops)
 BNB_8BIT = {"Adam": "Adam8bit", "AdamW": "AdamW8bit", "Lion": "Lion8bit",
             "Adagrad": "Adagrad8bit", "RMSprop": "RMSprop8bit", "SGD": "SGD8bit"}
+#: torchao's 8-bit optimizer of each rule (``torchao.optim``, compiled by torch.compile),
+#: the other peer of ``state_dtype="int8"`` (``--compare torchao``)
+TORCHAO_8BIT = {"Adam": "Adam8bit", "AdamW": "AdamW8bit"}
 #: the int8 state's block (elements per float32 scale) and the size below which a
 #: tensor keeps float32 state, as in :mod:`fastmoments.kernels.quantized` and bitsandbytes
 INT8_BLOCK = 256
@@ -506,6 +509,91 @@ def bitsandbytes_case(rule: str, n: int, dtype: Any = np.float32, seed: int = 0)
     storage = Storage("float32", "float32", ("uint8",) * len(codes), (True,) * len(codes))
     return Case(opt.step, len(codes), n, 4, 1, noop, (opt, tensor), None, None, storage,
                 blocks, "int8", state_bytes)
+
+
+def import_torchao_optim() -> Any:
+    """``torchao.optim``; ImportError when torchao (or torch) is not installed.
+
+    torchao logs a warning on import for each of its CUDA libraries that does not load
+    (on a CPU-only machine, all of them; the optimizers need none): silenced meanwhile.
+    """
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.optim
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    return torchao.optim
+
+
+def torchao_case(rule: str, n: int, dtype: Any = np.float32, seed: int = 0) -> Case:
+    """torchao's 8-bit optimizer of ``rule`` (:data:`TORCHAO_8BIT`) over torch CPU tensors
+    holding the ``n`` elements of :func:`fastmoments_case`'s data, with the
+    hyperparameters of the fastmoments optimizer it is compared with.
+
+    Its state is blockwise int8 as ``state_dtype="int8"`` is (256 elements per float32
+    scale, the same dynamic maps), but it quantizes only tensors whose size is a
+    multiple of its block: for another ``n`` the data is two tensors, the largest
+    multiple of 256 (8-bit state) and the rest (under 256 elements, float32 state, as
+    torchao keeps such a tensor). The case carries fastmoments' int8 :class:`Storage`
+    and blocks, so that its GB/s count the bytes a fused step over the ``n`` elements
+    moves, and the bytes of its state measured from its buffers. Its step runs under
+    ``torch.compile``: the first one, taken here, compiles it for the tensors' shapes
+    and torch's thread count (seconds to a minute, once per process); the state is
+    checked to be 8-bit.
+
+    Raises ImportError without torchao or torch; NotImplementedError for a rule it has
+    no 8-bit optimizer for, a dtype other than float32, or ``n`` under 4096.
+    """
+    optim = import_torchao_optim()
+    import warnings
+
+    import torch
+
+    if rule not in TORCHAO_8BIT:
+        raise NotImplementedError(f"torchao has no 8-bit {rule}")
+    if np.dtype(dtype) != np.float32:
+        raise NotImplementedError(f"torchao's 8-bit {rule}: float32 parameters only "
+                                  f"here, got {np.dtype(dtype).name}")
+    whole = n - n % INT8_BLOCK
+    if whole < INT8_THRESHOLD:
+        raise NotImplementedError(f"torchao's 8-bit {rule} quantizes tensors of "
+                                  f"{INT8_THRESHOLD} elements or more, got {n}")
+    cls = getattr(optim, TORCHAO_8BIT[rule])
+    defaults = optimizer_classes()[rule]([np.zeros(1, np.float32)],
+                                         **RULE_KWARGS.get(rule, {})).defaults
+    accepted = set(inspect.signature(cls.__init__).parameters) - {
+        "self", "params", "block_size", "bf16_stochastic_round"}
+    kwargs = {k: v for k, v in defaults.items() if k in accepted}
+    param, grad = host_data(n, dtype, seed)
+    tensors = []
+    for lo, hi in ((0, whole), (whole, n)):
+        if hi > lo:
+            tensor = torch.nn.Parameter(torch.from_numpy(param[lo:hi]))
+            tensor.grad = torch.from_numpy(grad[lo:hi])
+            tensors.append(tensor)
+    opt = cls(tensors, block_size=INT8_BLOCK, **kwargs)
+    with warnings.catch_warnings():  # torch.compile's advice to torchao's tensor class
+        warnings.simplefilter("ignore", UserWarning)
+        opt.step()
+    state = opt.state[tensors[0]]
+    codes = [getattr(state[k], "codes", None) for k in ("exp_avg", "exp_avg_sq")]
+    if any(c is None or c.dtype != torch.uint8 for c in codes):
+        raise NotImplementedError(f"torchao {TORCHAO_8BIT[rule]} kept a 32-bit state at "
+                                  f"{whole} elements")
+    state_bytes = 0
+    for st in opt.state.values():
+        for name in ("exp_avg", "exp_avg_sq"):
+            t = st[name]
+            parts = (t.codes, t.scale, t.qmap) if hasattr(t, "codes") else (t,)
+            state_bytes += sum(x.numel() * x.element_size() for x in parts)
+    blocks = np.array([*range(0, n, INT8_BLOCK), n], dtype=np.int64)
+    storage = Storage("float32", "float32", ("uint8",) * len(codes), (True,) * len(codes))
+    return Case(opt.step, len(codes), n, 4, len(tensors), noop, (opt, tensors), None, None,
+                storage, blocks, "int8", state_bytes)
 
 
 def numpy_case(rule: str, n: int, dtype: Any = np.float32, path: str = "flat",

@@ -40,7 +40,9 @@ parameter, measured from the optimizer's buffers; "ns/elem" the time per element
 (about the same in cache and at 1e7 where the arithmetic binds, not memory). With
 int8, bitsandbytes' 8-bit optimizer (Adam8bit, ...; --compare bitsandbytes, or
 whenever it is installed) is timed in the same rounds as fastmoments' int8 row:
-"x bnb" is its time over ours.
+"x bnb" is its time over ours. --compare torchao adds torchao's (Adam8bit,
+AdamW8bit; compiled by torch.compile on its first step, once per size and thread
+count) the same way: "x torchao".
 
 Examples:
   fastmoments bench                                  every rule, 1e6 and 1e7, float32
@@ -77,6 +79,7 @@ from .cases import (
     STATE_DTYPES,
     TORCH_IMPLS,
     import_bitsandbytes,
+    import_torchao_optim,
     optimizer_classes,
     require_cuda,
 )
@@ -152,7 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'torch': add torch.optim rows and in-place NumPy Adam/AdamW; "
                              "'numpy': only the NumPy rows; 'bitsandbytes': its 8-bit "
                              "optimizers beside the int8 rows (needs --state-dtype int8; "
-                             "added without asking when installed)")
+                             "added without asking when installed); 'torchao': its 8-bit "
+                             "Adam/AdamW there too (needs --state-dtype int8)")
     parser.add_argument("--torch-impls", default="fused,foreach",
                         help="torch implementations to compare with: fused,foreach,forloop "
                              "(default: fused,foreach)")
@@ -242,7 +246,8 @@ def _resolve(args: argparse.Namespace) -> None:
     args.sizes = _parse_sizes(args.sizes)
     args.dtypes = _parse_list(args.dtypes, ["float32", "float64"], "dtypes")
     args.paths = _parse_list(args.paths, ["flat", "list"], "paths")
-    args.compare = _parse_list(args.compare, ["torch", "numpy", "bitsandbytes"], "compare")
+    args.compare = _parse_list(args.compare, ["torch", "numpy", "bitsandbytes", "torchao"],
+                               "compare")
     if args.state_dtype is not None:
         args.state_dtype = _parse_list(args.state_dtype, STATE_DTYPES, "state-dtype")
         if not args.state_dtype:
@@ -256,6 +261,15 @@ def _resolve(args: argparse.Namespace) -> None:
         except ImportError as exc:
             raise ValueError(f"--compare bitsandbytes: cannot import it ({exc}); "
                              "pip install bitsandbytes") from None
+    if "torchao" in args.compare:
+        if "int8" not in (args.state_dtype or []) or args.backend != "cpu":
+            raise ValueError("--compare torchao: its rows are timed beside fastmoments' "
+                             "int8 rows on the CPU; add --state-dtype int8")
+        try:
+            import_torchao_optim()
+        except ImportError as exc:
+            raise ValueError(f"--compare torchao: cannot import it ({exc}); "
+                             "pip install torchao") from None
     args.torch_impls = _parse_list(args.torch_impls, TORCH_IMPLS, "torch-impls")
     args.first_step_sizes = _parse_sizes(args.first_step_sizes, "first-step-sizes")
     args.crossover_sizes = _parse_sizes(args.crossover_sizes, "crossover-sizes")

@@ -117,6 +117,10 @@ def machine_info(backend: str = "cpu") -> dict[str, Any]:
         info["bitsandbytes"] = importlib.metadata.version("bitsandbytes")
     except importlib.metadata.PackageNotFoundError:
         info["bitsandbytes"] = None
+    try:  # the other peer of the int8 rows (--compare torchao)
+        info["torchao"] = importlib.metadata.version("torchao")
+    except importlib.metadata.PackageNotFoundError:
+        info["torchao"] = None
     if backend == "cuda":
         from numba import cuda
 

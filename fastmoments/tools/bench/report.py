@@ -112,14 +112,16 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 def _table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The header and the cells of the results table; the state columns only when
-    --state-dtype gave rows with a state dtype, "x bnb" only with bitsandbytes rows."""
+    --state-dtype gave rows with a state dtype, "x bnb" only with bitsandbytes rows,
+    "x torchao" only with torchao rows."""
     states = any(r.get("state_dtype") for r in rows)
     bnb = any("speedup_vs_bitsandbytes" in r for r in rows)
+    torchao = any("speedup_vs_torchao" in r for r in rows)
     header = ["scenario", "impl", "rule", "path", "arrays", "size", "dtype",
               *(["state"] if states else []), "thr", "traffic", "time/step", "median",
               "GB/s", "of ceil", "x fused",
               *(["B/elem", "state B/p", "ns/elem"] if states else []),
-              *(["x bnb"] if bnb else [])]
+              *(["x bnb"] if bnb else []), *(["x torchao"] if torchao else [])]
     lines = []
     for r in rows:
         rule = (r["rule"] or "-") + ("" if r.get("single_pass", True) else "*")
@@ -135,6 +137,7 @@ def _table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                _num(r.get("state_bytes_per_param"), 3),
                f"{r['time_min_s'] / r['size'] * 1e9:.2f}"] if states else []),
             *([_num(r.get("speedup_vs_bitsandbytes"))] if bnb else []),
+            *([_num(r.get("speedup_vs_torchao"))] if torchao else []),
         ])
     return header, lines
 
@@ -252,7 +255,9 @@ def render(runner: Any, info: dict, as_json: bool,
                 + f"; fastmoments {info['source'] or info['fastmoments']}, numpy "
                 f"{info['numpy']}, numba {info['numba']}, torch {info['torch']}"
                 + (f", bitsandbytes {info['bitsandbytes']}" if info.get("bitsandbytes")
-                   else "") + f"; budget {a.budget} s per row.")
+                   else "")
+                + (f", torchao {info['torchao']}" if "torchao" in a.compare
+                   and info.get("torchao") else "") + f"; budget {a.budget} s per row.")
         return "\n".join([head, "", _markdown(runner.rows)]) + "\n", doc
     out = [
         f"fastmoments bench  {info['date']}  backend={a.backend}",
@@ -282,8 +287,8 @@ def render(runner: Any, info: dict, as_json: bool,
                        "written; the ceiling moves the same bytes. B/elem: bytes moved per "
                        "element; state B/p: bytes of optimizer state per parameter, from its "
                        "buffers; x bnb: bitsandbytes' 8-bit step time over fastmoments' "
-                       "(timed in the same rounds); its rows' GB/s count the bytes a fused "
-                       "step moves")
+                       "(timed in the same rounds; x torchao: torchao's); their rows' GB/s "
+                       "count the bytes a fused step moves")
         out.append("")
     for (size, dtype), copy in runner.copies.items():
         fractions = [r["fraction_of_copy"] for r in runner.rows

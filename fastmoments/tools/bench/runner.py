@@ -3,8 +3,8 @@
 :class:`Runner` turns the parsed options of ``fastmoments bench`` into jobs (one row
 each: a rule, torch or NumPy case at a size, dtype, state dtype and thread count or
 block size), times every row interleaved with its ceiling (and with its peers: torch's
-fused optimizer, bitsandbytes' 8-bit one), and keeps the rows, the crossover and
-first-step measurements and the notes that :mod:`.report` prints.
+fused optimizer, bitsandbytes' and torchao's 8-bit ones), and keeps the rows, the
+crossover and first-step measurements and the notes that :mod:`.report` prints.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from ...config import config
 from .cases import (
     BNB_8BIT,
     NUMPY_RULES,
+    TORCHAO_8BIT,
     Case,
     bitsandbytes_case,
     fastmoments_case,
     import_bitsandbytes,
     numpy_case,
     torch_case,
+    torchao_case,
 )
 from .ceilings import ceiling_for, device_copy_case
 from .report import fmt_size, fmt_threads
@@ -119,6 +121,9 @@ class Runner:
             except ImportError:
                 self.notes.append("bitsandbytes is not installed: no 8-bit peer rows "
                                   "(pip install bitsandbytes)")
+        # torchao's only when asked for (--compare torchao; cli checks that it imports):
+        # its first step compiles, for each size and thread count
+        self.torchao_ok = "torchao" in args.compare
 
     # -------------------------------------------------------- one measurement
     def _set_threads(self, threads: int) -> None:
@@ -127,7 +132,7 @@ class Runner:
             config.cuda_threads_per_block = threads
             return
         numba.set_num_threads(threads)
-        if self.torch_ok or self.bnb_ok:
+        if self.torch_ok or self.bnb_ok or self.torchao_ok:
             import torch
 
             torch.set_num_threads(threads)
@@ -269,11 +274,14 @@ class Runner:
                             rule, "fused", size, dtype, fused_path, chunk, a.backend))
                         if "fused" in torch_impls else None
                     )
-                    # bitsandbytes' 8-bit optimizer beside the int8 rows (one tensor)
+                    # bitsandbytes' and torchao's 8-bit optimizers beside the int8 rows
+                    int8_flat = state == "int8" and path == "flat"
                     peers = (
                         [("bitsandbytes", lambda rule=rule: bitsandbytes_case(rule, size, dtype))]
-                        if self.bnb_ok and state == "int8" and path == "flat"
-                        and rule in BNB_8BIT else []
+                        if self.bnb_ok and int8_flat and rule in BNB_8BIT else []
+                    ) + (
+                        [("torchao", lambda rule=rule: torchao_case(rule, size, dtype))]
+                        if self.torchao_ok and int8_flat and rule in TORCHAO_8BIT else []
                     )
                     label = f"{rule} {path}" + (f" {state}" if state else "")
                     self.jobs.append(_Job(
