@@ -150,9 +150,11 @@ def _distances(start, grads):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_int8_adam_is_as_close_to_float32_as_bnb_adam8bit_on_the_demo_gradients(seed):
     steps, final = _distances(*_demo_gradients(seed, 100))
-    # measured (seeds 0, 1): steps off by 0.73-0.75 % of lr on average for both, at most
-    # 47 % (ours) and 61-198 % (bitsandbytes); final parameters off by 0.37 % of lr * 100
-    # on average for both, at most 15 % (ours) and 14-52 % (bitsandbytes)
+    # measured (seeds 0, 1): steps off by 0.79-0.81 % of lr on average (ours, second
+    # moments rounded stochastically; 0.73-0.75 % to nearest) and 0.74-0.75 %
+    # (bitsandbytes), at most 34-45 % (ours) and 61-198 % (bitsandbytes); final
+    # parameters off by 0.40 % of lr * 100 on average (ours; 0.37 % to nearest) and 0.37 %
+    # (bitsandbytes), at most 11-12 % (ours) and 14-52 % (bitsandbytes)
     for kind in (steps, final):
         assert kind["ours"][0] <= 1.2 * kind["bnb"][0], kind  # mean
         assert kind["ours"][1] <= 1.5 * kind["bnb"][1], kind  # max
@@ -164,8 +166,14 @@ def test_int8_adam_is_as_close_to_float32_as_bnb_adam8bit_on_wide_gradient_scale
     moment too small for the unsigned map's smallest entry must not be stored as 0 under
     a nonzero first moment (quantized.nonzero_code); before that rule, one step here was
     86 with lr 1e-3 (8.6e4 lr; bitsandbytes 171 % of lr). Measured since: step error
-    mean 3.2 %, max 95 % of lr (bitsandbytes 6.3 %, 99 %)."""
+    mean 3.7 %, max 173 % of lr (bitsandbytes 6.3 %, 99 %; ours to nearest 3.2 %, 95 %).
+    The second moments are rounded stochastically (the default): unbiased, but a value
+    in the map's lowest decades may be stored at the entry below it, up to 2.7 times
+    smaller (the unsigned map's 7.75e-7 and 2.125e-6 of the scale), which makes that
+    step up to 1.66 times float32's; its largest error is 1.3-1.7 lr over the
+    optimizer's seeds 0-4, hence the bound of twice bitsandbytes' (to nearest: 1.5
+    times)."""
     steps, final = _distances(*_lognormal_gradients(0, 20))
     assert steps["ours"][0] <= 1.2 * steps["bnb"][0], steps
-    assert steps["ours"][1] <= 1.5 * steps["bnb"][1], steps
+    assert steps["ours"][1] <= 2.0 * steps["bnb"][1], steps
     assert final["ours"][1] <= 1.5 * final["bnb"][1], final

@@ -246,14 +246,15 @@ class Kernel:
         self.layout = layout
         self._reduced: dict[tuple, Kernel] = {}
         self._loop_rule = rule_fn
-        # int8 states (codecs "q8s"/"q8u", see .quantized): block loops, whether each
-        # state takes the signed map; None for element loops
+        # int8 states (codecs "q8s"/"q8u", "_sr" appended where rounded stochastically,
+        # see .quantized): block loops, whether each state takes the signed map; None
+        # for element loops
         self._signed: tuple[bool, ...] | None = None
         if layout is not None:
             digest = hashlib.sha256(repr(layout).encode()).hexdigest()[:8]
             self._tag += f"_r{digest}"
             if any(codec.startswith("q8") for codec in layout[2]):
-                self._signed = tuple(codec == "q8s" for codec in layout[2])
+                self._signed = tuple(codec.startswith("q8s") for codec in layout[2])
             else:
                 self._loop_rule = self._element(digest)
 
@@ -280,7 +281,8 @@ class Kernel:
         sources += [probe._format(t, "probe", False) for t in
                     (_REDUCED_FLAT_TEMPLATE, _REDUCED_MULTI_TEMPLATE, _REDUCED_CUDA_TEMPLATE)]
         sources.append(_element_source("probe", n, probe.scalar_names, probe.layout))
-        for layout in (None, ("bf16", "bf16", (), True), ("f16_sr", "f16", (), False)):
+        for layout in (None, ("bf16", "bf16", (), True), ("f16_sr", "f16", (), False),
+                       ("same", "same", ("q8s_sr",) * n, False)):
             sources += [quantized.loop_source("probe", flat, False, probe.state_names,
                                               (True,) * n, probe.scalar_names,
                                               probe._unpack(), layout) for flat in (True, False)]

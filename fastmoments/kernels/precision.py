@@ -338,8 +338,8 @@ class Precision:
     blocks: Any = None
 
     def stochastic(self, name: str) -> bool:
-        """Whether state ``name`` is rounded stochastically."""
-        if self.state != "bf16":
+        """Whether state ``name`` is rounded stochastically (bfloat16 and int8 state)."""
+        if self.state not in ("bf16", "int8"):
             return False
         choice = self.rounding
         if isinstance(choice, dict):
@@ -350,7 +350,10 @@ class Precision:
 
     def layout(self, state_names: tuple[str, ...]) -> tuple:
         """The storage of each buffer, as :class:`~.elementwise.Kernel` takes it:
-        ``(param, grad, states, master)`` codecs."""
+        ``(param, grad, states, master)`` codecs. An int8 state is ``"q8u"`` (the
+        unsigned map, :data:`SECOND_MOMENTS`) or ``"q8s"`` (the signed one), rounded to
+        the nearest map entry, with ``"_sr"`` appended where it is rounded
+        stochastically (:meth:`stochastic`)."""
         if self.param == "same":
             param = "same"
         elif self.master:
@@ -358,7 +361,8 @@ class Precision:
         else:
             param = self.param + "_sr"
         if self.state == "int8":  # the unsigned map for non-negative states
-            states = tuple("q8u" if n in SECOND_MOMENTS else "q8s" for n in state_names)
+            states = tuple(("q8u" if n in SECOND_MOMENTS else "q8s")
+                           + ("_sr" if self.stochastic(n) else "") for n in state_names)
         else:
             states = tuple(
                 self.state + ("_sr" if self.stochastic(n) else "") if self.state != "same"

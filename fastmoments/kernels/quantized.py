@@ -20,6 +20,20 @@ map (:data:`~.precision.SECOND_MOMENTS`). Tensors below :data:`THRESHOLD` elemen
 keep float32 state (as bitsandbytes does): a block of theirs reads and writes a float32
 buffer instead.
 
+A state rounded stochastically (``state_rounding``: by default the second moments,
+codecs ``"q8u_sr"`` / ``"q8s_sr"`` of :meth:`~.precision.Precision.layout`) stores
+instead, for :math:`y = v_i / a_b` between the entries :math:`q_f \le y < q_{f+1}`
+(:func:`floor_table`), the code :math:`f + 1` with probability
+:math:`(y - q_f) / (q_{f+1} - q_f)`, else :math:`f` (:func:`stochastic_code`), so that
+the stored value is right on average: a second moment that decays by
+:math:`1 - \beta_2 = 0.1\%` a step, far below the map's spacing, would otherwise keep
+its code (it *freezes*, as bfloat16's does rounded to nearest). The random bits are
+:func:`~.precision.element_bits` of the step's key, the element's index in its group
+and stream :math:`k + 1` for state :math:`k` (the bfloat16 state's numbering): the same
+for any thread count, either loop and the CUDA kernel. A positive second moment is never
+stored as code 0 either way (:func:`nonzero_code`); the host conversions
+(:func:`quantize`, for state dicts) round to nearest.
+
 Each step dequantizes a block, runs the rule on every element (the parameter update
 uses the values before requantization), takes the new scales and requantizes the block:
 one pass, a block-sized scratch, never a full-size float32 copy (:func:`loop_source` on
@@ -53,8 +67,9 @@ from . import precision as _precision
 from .compile import rule
 
 __all__ = ["BLOCK", "THRESHOLD", "CHUNK", "dynamic_map", "maps", "lookup_tables", "limits",
-           "code_table", "code_slot", "code_of", "nonzero_code", "nearest_code", "magnitude",
-           "block_table",
+           "code_table", "floor_table", "code_slot", "code_of", "nonzero_code", "nearest_code",
+           "stochastic_code", "magnitude", "block_table", "rounded_states", "takes_floors",
+           "takes_key",
            "quantize", "dequantize", "loop_source", "cuda_source", "aux_names", "LOOP_GLOBALS",
            "CUDA_GLOBALS"]
 
@@ -163,6 +178,8 @@ _KEY_LOW32 = np.uint32(_KEY_LOW)
 _KEY_HIGH32 = np.uint32(_KEY_HIGH)
 _SPAN32 = np.uint32(_SPAN)
 _NAN_SLOT32 = np.uint32(_NAN_SLOT)
+_S8 = np.uint32(8)
+_UNIT24 = np.float32(2.0**-24)
 
 
 @cache
@@ -182,6 +199,39 @@ def code_table() -> np.ndarray:
             # a negative value grows as its low bits fall: they are flipped
             inside = (limit >> 16) == keys
             remainder = np.where(inside, (limit & 0xFFFF) ^ (0xFFFF * negative), _NEVER)
+            out[row, negative * _SPAN:(negative + 1) * _SPAN] = (codes << 17) | remainder
+        out[row, _NAN_SLOT] = _NEVER  # code 0
+    return _frozen(out)
+
+
+@cache
+def floor_table() -> np.ndarray:
+    """The table stochastic rounding finds the lower bracketing entry in, laid out as
+    :func:`code_table` (same slots, read with :func:`code_of`; read-only): entry
+    ``(f << 17) | r`` for each bucket, where ``f`` is the largest code ``<= 254`` whose
+    entry is at most the bucket's lower end (0 where none is) and ``r`` the remainder
+    from which the entry of ``f + 1`` is at most the value (2**16: nowhere in the
+    bucket). So ``q[f] <= x < q[f + 1]`` for every float32 ``x`` in ``[-1, 1]``, with
+    two exceptions that :func:`stochastic_code` still rounds right: ``x = 1`` takes
+    ``f = 254`` (``x = q[f + 1]``: always up), and so does -0.0 in the signed map
+    (it shares the lowest negative bucket with the values just below 0, whose ``f`` is
+    the code below 0). Values below the map's lowest entry (negative ``x`` in the
+    unsigned map, ``x < q[0] = -0.993`` in the signed one, which has no -1) get
+    ``f = 0``: never up, the nearest entry. The map's entries are further apart than a
+    bucket is wide (see :func:`lookup_tables`), so the floor is the bucket's code or the
+    next one. Checked for every float32 in ``[-1, 1]`` when this was written."""
+    out = np.zeros((2, _NAN_SLOT + 1), dtype=np.uint32)
+    for row, qmap in enumerate(maps()):
+        for negative in (0, 1):
+            keys = np.arange(_KEY_LOW, _KEY_HIGH + 1, dtype=np.uint32) | (negative << 15)
+            # the lower end: the bucket's start for positive values, its end for negative
+            low = np.where(negative, (keys << 16) | 0xFFFF, keys << 16).astype(np.uint32)
+            codes = np.clip(np.searchsorted(qmap, low.view(np.float32), side="right") - 1,
+                            0, 254).astype(np.uint32)
+            upper = qmap[codes + 1].view(np.uint32)
+            # a negative value grows as its low bits fall: they are flipped
+            inside = ((upper >> 16) == keys) & (codes + 1 <= 254)
+            remainder = np.where(inside, (upper & 0xFFFF) ^ (0xFFFF * negative), _NEVER)
             out[row, negative * _SPAN:(negative + 1) * _SPAN] = (codes << 17) | remainder
         out[row, _NAN_SLOT] = _NEVER  # code 0
     return _frozen(out)
@@ -226,6 +276,21 @@ def nearest_code(table, row, x):
     (a vectorized binary search gathers 8 times: 100x slower here)."""
     slot = code_slot(x)
     return code_of(table[row, slot >> _S16], slot)
+
+
+@rule
+def stochastic_code(floor, y, low, high, bits):
+    """The code of ``y`` (float32, the value over its block's scale) rounded
+    stochastically between the entries ``low = q[floor]`` and ``high = q[floor + 1]``
+    that bracket it (:func:`floor_table`): ``floor + 1`` with probability
+    ``(y - low) / (high - low)``, else ``floor``. With ``u`` the top 24 of the 32
+    random ``bits`` over 2**24 (uniform on ``[0, 1)``, exact in float32), up when
+    ``y - low > u (high - low)`` in float32: never at ``y = low``, always at
+    ``y = high`` (``u (high - low)`` rounds below ``high - low``), so the expected
+    entry is ``y`` up to float32 rounding (vectorizes: no table read)."""
+    u = np.float32(np.int32(np.uint32(bits) >> _S8)) * _UNIT24
+    up = np.float32(y) - np.float32(low) > u * (np.float32(high) - np.float32(low))
+    return np.uint8(np.uint32(floor) + np.uint32(up))
 
 
 @rule
@@ -321,7 +386,8 @@ def aux_names(name: str) -> tuple[str, str]:
 # ------------------------------------------------------------ loop sources
 #: the names the generated loops use besides numba's (see :func:`loop_source`)
 LOOP_GLOBALS = {"np": np, "code_slot": code_slot, "code_of": code_of, "magnitude": magnitude,
-                "nonzero_code": nonzero_code, "uint16": np.uint16,
+                "nonzero_code": nonzero_code, "stochastic_code": stochastic_code,
+                "uint16": np.uint16,
                 "bf16_to_f32": _precision.bf16_to_f32, "f16_to_f32": _precision.f16_to_f32,
                 "f32_to_bf16_nearest": _precision.f32_to_bf16_nearest,
                 "f32_to_f16_nearest": _precision.f32_to_f16_nearest,
@@ -346,6 +412,31 @@ def _half(layout: tuple | None) -> str | None:
 def _stochastic(layout: tuple | None) -> bool:
     """Whether a layout rounds its 16-bit parameters stochastically (no master copy)."""
     return _half(layout) is not None and not layout[3]
+
+
+def _rounded(codec: str) -> bool:
+    return codec.startswith("q8") and codec.endswith("_sr")
+
+
+def rounded_states(layout: tuple | None, count: int) -> tuple[bool, ...]:
+    """For each of the ``count`` states of ``layout``, whether its int8 codes are rounded
+    stochastically (codecs ``"q8s_sr"``, ``"q8u_sr"`` of
+    :meth:`~.precision.Precision.layout`; ``"q8s"``, ``"q8u"``: to nearest)."""
+    codecs = () if layout is None else tuple(layout[2])
+    return tuple(k < len(codecs) and _rounded(codecs[k]) for k in range(count))
+
+
+def takes_floors(layout: tuple | None) -> bool:
+    """Whether the loops of ``layout`` take :func:`floor_table` (after the code table):
+    some int8 state is rounded stochastically."""
+    return layout is not None and any(_rounded(c) for c in layout[2])
+
+
+def takes_key(layout: tuple | None) -> bool:
+    """Whether the loops of ``layout`` take the step's key (the CPU loops in their
+    ``rounding`` array, the CUDA kernel as ``key``): 16-bit parameters or some int8
+    state rounded stochastically."""
+    return _stochastic(layout) or takes_floors(layout)
 
 
 def _index(layout: tuple | None) -> tuple[list[str], list[str], list[str], str]:
@@ -388,7 +479,8 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
                 tensor_start: str, layout: tuple | None) -> list[str]:
     """The statements that step block ``b`` (``lo:hi`` of the flat layout; the tensor's
     arrays ``param``, ``grad`` start at flat index ``tensor_start``; ``work``, ``slots``
-    and ``entries``: the scratch).
+    and ``entries``: the scratch, and ``ys``, ``lows``, ``highs`` where a state is
+    rounded stochastically).
 
     Element ``k`` of the block is ``i`` in the flat layout and ``ip`` in the tensor:
     unsigned, so that numba emits no negative-index wraparound, which would keep LLVM
@@ -399,8 +491,14 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
     each read became a scalar load inserted into a vector (this CPU target does not
     gather), slower than the separate pass (2x for the dequantizing reads), and a loop
     with reads and the code arithmetic stays scalar (15% slower than two passes).
+
+    A state rounded stochastically (``layout``, see :func:`rounded_states`) keeps its
+    values over the scale (``ys``), finds its floor code in :func:`floor_table` and the
+    map entries around each value in the pass of table reads (``lows``, ``highs``), and
+    draws its code in the last, vectorized pass (:func:`stochastic_code`).
     """
     n = len(state_names)
+    rounded = rounded_states(layout, n)
     floats = [aux_names(s)[1] for s in state_names]
     lines = ["count = hi - lo",
              f"first = np.uint64(lo - {tensor_start})" if tensor_start != "0"
@@ -436,22 +534,41 @@ def _block_body(state_names: tuple[str, ...], signed: tuple[bool, ...], scalars:
     for s_, name in enumerate(state_names):  # the scales; the values' slots (vectorized)
         w = f"work[{s_}, k]"
         body += [f"top = np.uint32(peak{s_}).view(np.float32)",
-                 f"{aux_names(name)[0]}[b] = top",
-                 "if top > 0:",
-                 "    for k in range(count):",
-                 f"        slots[{s_}, k] = code_slot({w} / top)",
-                 "else:",  # zeros (and NaN: code 0)
-                 "    for k in range(count):",
-                 f"        slots[{s_}, k] = code_slot({w} - {w})"]
-    body.append("for k in range(count):")  # the table entries (scalar reads)
+                 f"{aux_names(name)[0]}[b] = top"]
+        # zeros (and NaN: code 0) where top is 0; a stochastic state keeps its y
+        for test, y in (("if top > 0:", f"{w} / top"), ("else:", f"{w} - {w}")):
+            body += [test, "    for k in range(count):"]
+            if rounded[s_]:
+                body += [f"        y = np.float32({y})", f"        ys[{s_}, k] = y",
+                         f"        slots[{s_}, k] = code_slot(y)"]
+            else:
+                body.append(f"        slots[{s_}, k] = code_slot({y})")
+    # the table entries (scalar reads); for a stochastic state its floor code (in
+    # place of its slot) and the two map entries around the value
+    body.append("for k in range(count):")
     for s_, sign in enumerate(signed):
-        body.append(f"    entries[{s_}, k] = coding[{int(sign)}, slots[{s_}, k] >> 16]")
-    body += ["for k in range(count):", "    i = base + np.uint64(k)"]  # the codes (vectorized)
+        row = int(sign)
+        if rounded[s_]:
+            body += [f"    f = code_of(flooring[{row}, slots[{s_}, k] >> 16], slots[{s_}, k])",
+                     f"    slots[{s_}, k] = f", f"    lows[{s_}, k] = qmaps[{row}, f]",
+                     f"    highs[{s_}, k] = qmaps[{row}, f + 1]"]
+        else:
+            body.append(f"    entries[{s_}, k] = coding[{row}, slots[{s_}, k] >> 16]")
+    # the codes (vectorized); the random bits of state s_ are stream s_ + 1 of the
+    # element's flat index, counted in ix (see _index)
+    body += [*(["ix = lo"] if any(rounded) else []),
+             "for k in range(count):", "    i = base + np.uint64(k)"]
     for s_, (name, sign) in enumerate(zip(state_names, signed)):
-        code = f"code_of(entries[{s_}, k], slots[{s_}, k])"
+        if rounded[s_]:
+            code = (f"stochastic_code(slots[{s_}, k], ys[{s_}, k], lows[{s_}, k], "
+                    f"highs[{s_}, k], element_bits(key, ix, {s_ + 1}))")
+        else:
+            code = f"code_of(entries[{s_}, k], slots[{s_}, k])"
         if not sign:  # a positive value never stored as 0 (see nonzero_code)
             code = f"nonzero_code({code}, work[{s_}, k])"
         body.append(f"    {name}[i] = {code}")
+    if any(rounded):
+        body.append("    ix += 1")
     lines += ["    " + line for line in body]
     return lines
 
@@ -465,8 +582,10 @@ def loop_source(name: str, flat: bool, parallel: bool, state_names: tuple[str, .
     loops), then per state its codes, scales and float32 buffer, then ``master`` (the
     float32 master copy, where ``layout`` keeps one), then ``blocks, small,
     tensor_blocks, qmaps, coding`` (see :func:`block_table`, :func:`maps`,
-    :func:`code_table`), then ``rounding`` (a ``uint32`` array holding the step's key,
-    where ``layout`` rounds 16-bit parameters stochastically), then ``scalars``. The
+    :func:`code_table`), then ``flooring`` (:func:`floor_table`, where ``layout``
+    rounds an int8 state stochastically), then ``rounding`` (a ``uint32`` array holding
+    the step's key, where ``layout`` rounds 16-bit parameters or an int8 state
+    stochastically: :func:`takes_key`), then ``scalars``. The
     blocks go in chunks of :data:`CHUNK` (the parallel loops share those out), each
     allocating its block-sized scratch once; the list path finds each block's tensor in
     ``tensor_blocks``. ``layout`` is the group's
@@ -481,10 +600,14 @@ def loop_source(name: str, flat: bool, parallel: bool, state_names: tuple[str, .
     scratch = (f"work = np.empty({shape}, scalars.dtype); "
                f"slots = np.empty({shape}, np.uint32); "
                f"entries = np.empty({shape}, np.uint32)")
+    flooring = ", flooring" if takes_floors(layout) else ""
+    if flooring:
+        scratch += "".join(f"; {a} = np.empty({shape}, np.float32)"
+                           for a in ("ys", "lows", "highs"))
     master = ", master" if _half(layout) is not None and layout[3] else ""
-    rounding = ", rounding" if _stochastic(layout) else ""
+    rounding = ", rounding" if takes_key(layout) else ""
     lines = [f"def {name}({head}{states}{master}, blocks, small, tensor_blocks, qmaps, "
-             f"coding{rounding}, scalars):",
+             f"coding{flooring}{rounding}, scalars):",
              f"    {unpack}"]
     if rounding:  # a uint32 loaded, not computed (see kernels.precision)
         lines.append("    key = rounding[0]")
@@ -520,15 +643,17 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
     block must be a power of two, at most :data:`BLOCK`. The arithmetic is the CPU
     loops' (float32: the kernel is for float32 parameters, or 16-bit ones as ``layout``
     says, see :func:`loop_source`), so the codes and scales are the same bit for bit
-    where the rule's float32 results are, and so are 16-bit parameters rounded
-    stochastically (the same bits of the same flat index).
+    where the rule's float32 results are, and so are 16-bit parameters and int8 states
+    rounded stochastically (the same bits of the same flat index and stream, the same
+    float32 decision: :func:`stochastic_code`).
 
     Arguments: ``param, grad`` (of the tensor, or the flat buffers; 16-bit ones as their
     ``uint16`` patterns), per state its codes, scales and float32 buffer (the group's),
     then ``master`` (the group's float32 master copy, where ``layout`` keeps one), then
-    ``blocks, small, qmaps, coding, first_block, n_blocks, tensor_start`` (the flat index
-    of ``param[0]``), then ``key`` (a ``uint32``, the step's key, where ``layout`` rounds
-    16-bit parameters stochastically), then the rule's scalars.
+    ``blocks, small, qmaps, coding``, then ``flooring`` (:func:`floor_table`, where
+    ``layout`` rounds an int8 state stochastically), then ``first_block, n_blocks,
+    tensor_start`` (the flat index of ``param[0]``), then ``key`` (a ``uint32``, the
+    step's key, where :func:`takes_key`), then the rule's scalars.
     """
     n = len(state_names)
     states = "".join(f", {s}, {aux_names(s)[0]}, {aux_names(s)[1]}" for s in state_names)
@@ -537,9 +662,11 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
     vs = "".join(f", v{s_}" for s_ in range(n))
     rows = max(n, 1)
     master = ", master" if _half(layout) is not None and layout[3] else ""
-    key = ", key" if _stochastic(layout) else ""
-    lines = [f"def {name}(param, grad{states}{master}, blocks, small, qmaps, coding, "
-             f"first_block, n_blocks, tensor_start{key}{scalars}):",
+    key = ", key" if takes_key(layout) else ""
+    flooring = ", flooring" if takes_floors(layout) else ""
+    rounded = rounded_states(layout, n)
+    lines = [f"def {name}(param, grad{states}{master}, blocks, small, qmaps, coding"
+             f"{flooring}, first_block, n_blocks, tensor_start{key}{scalars}):",
              f"    {fixed or 'pass'}",
              f"    work = cuda.shared.array(({rows}, {BLOCK}), np.float32)",
              f"    peaks = cuda.shared.array(({rows}, {BLOCK}), np.uint32)",
@@ -573,15 +700,23 @@ def cuda_source(name: str, state_names: tuple[str, ...], signed: tuple[bool, ...
     body += ["    cuda.syncthreads()", "    width //= 2"]
     for s_, (s, sign) in enumerate(zip(state_names, signed)):
         w = f"work[{s_}, i - lo]"
+        row = int(sign)
         body += [f"top = np.uint32(peaks[{s_}, 0]).view(np.float32)",
                  "if lane == 0:",
                  f"    {aux_names(s)[0]}[b] = top",
-                 "for i in range(lo + lane, hi, threads):",
-                 f"    slot = code_slot({w} / top if top > 0 else {w} - {w})",
-                 # the table read here, not in a rule: the simulator runs rules as CPU
-                 # functions, which cannot take its device arrays
-                 f"    code = code_of(coding[{int(sign)}, slot >> 16], slot)",
-                 f"    {s}[i] = " + ("code" if sign else f"nonzero_code(code, {w})")]
+                 "for i in range(lo + lane, hi, threads):"]
+        # the table reads here, not in a rule: the simulator runs rules as CPU
+        # functions, which cannot take its device arrays
+        if rounded[s_]:
+            body += [f"    y = np.float32({w} / top if top > 0 else {w} - {w})",
+                     "    slot = code_slot(y)",
+                     f"    f = code_of(flooring[{row}, slot >> 16], slot)",
+                     f"    code = stochastic_code(f, y, qmaps[{row}, f], qmaps[{row}, f + 1], "
+                     f"element_bits(key, i, {s_ + 1}))"]
+        else:
+            body += [f"    slot = code_slot({w} / top if top > 0 else {w} - {w})",
+                     f"    code = code_of(coding[{row}, slot >> 16], slot)"]
+        body.append(f"    {s}[i] = " + ("code" if sign else f"nonzero_code(code, {w})"))
     body.append("cuda.syncthreads()")  # the next block reuses the shared arrays
     lines += ["            " + line for line in body]
     return "\n".join(lines) + "\n"

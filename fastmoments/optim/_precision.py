@@ -120,7 +120,9 @@ def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: b
     """:func:`prepare` for int8 states: codes, scales and small tensors' float32 values
     per state, then (16-bit parameters) the float32 master copy, and the loop arguments
     in the order of :func:`~fastmoments.kernels.quantized.loop_source` (CPU) or
-    :func:`~fastmoments.kernels.quantized.cuda_source` (CUDA)."""
+    :func:`~fastmoments.kernels.quantized.cuda_source` (CUDA): the floor table where a
+    state is rounded stochastically, the key array (CPU; :func:`run` fills it) where
+    anything is."""
     if not kernel.state_names:  # nothing to quantize (SGD without momentum)
         group.state, group.states = {}, ()
         return kernel
@@ -136,7 +138,7 @@ def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: b
         if not fresh and all(n in old for n in names):
             arrays = tuple(old[n] for n in names)
         else:
-            arrays = _allocate_int8(group, init.get(name, 0.0), codec == "q8s")
+            arrays = _allocate_int8(group, init.get(name, 0.0), codec.startswith("q8s"))
         state.update(zip(names, arrays))
     precision = group.precision
     if precision.master:  # 16-bit parameters: their float32 copy, not quantized (last)
@@ -144,14 +146,16 @@ def _prepare_int8(group: Group, kernel: Kernel, init: dict[str, float], fresh: b
         state[MASTER] = master if master is not None else _master_copy(group)
     group.state = state
     blocks, small, tensor_blocks, _ = precision.blocks
+    floors = (_quantized.floor_table(),) if _quantized.takes_floors(layout) else ()
     if group.device == "cuda":  # the block table and the maps on the device
         from ..kernels import cuda as _gpu
 
-        group.states = (*state.values(), *_gpu.int8_tables(blocks, small))
+        group.states = (*state.values(), *_gpu.int8_tables(blocks, small),
+                        *(_gpu.cuda.to_device(f) for f in floors))
     else:
         group.states = (*state.values(), blocks, small, tensor_blocks, _quantized.maps(),
-                        _quantized.code_table())
-        if precision.param != "same" and not precision.master:  # the random bits' key
+                        _quantized.code_table(), *floors)
+        if _quantized.takes_key(layout):  # the random bits' key
             group.states += (group.rounding,)
     return kernel.reduced(layout)
 
@@ -216,9 +220,8 @@ def _run_cuda(group: Group, source: Any, scalars: tuple, key: int) -> None:
     cuda_kernel = kernel.cuda
     if group.precision.state == "int8" and kernel.state_names:  # a thread block per block
         _, _, tensor_blocks, _ = group.precision.blocks
-        # the step's key after tensor_start where 16-bit parameters round stochastically
-        tail = (np.uint32(key),) if group.precision.param != "same" \
-            and not group.precision.master else ()
+        # the step's key after tensor_start where something rounds stochastically
+        tail = (np.uint32(key),) if _quantized.takes_key(kernel.layout) else ()
         if not isinstance(source, list):
             _gpu.launch_blocks(cuda_kernel, int(tensor_blocks[-1]),
                                group.data, source, *states, np.int64(0),
