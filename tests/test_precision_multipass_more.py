@@ -11,7 +11,10 @@
 - int8 state for LAMB and SWATS on the CPU: one step against a float64 NumPy reference
   of dequantize -> rule -> quantize (the parameter update from the values before
   requantization), a trajectory close to float32 state's, the same bits for the serial
-  and parallel loops and chunkings, checkpoints; ND-Adam refuses int8 with its reason.
+  and parallel loops and chunkings, checkpoints; ND-Adam refuses int8 with its reason;
+- int8 second moments rounded stochastically by default in those passes: one step is
+  the documented decision with the element-wise loops' random bits, unbiased, the same
+  in the parallel loop; ``state_rounding="nearest"`` stores the nearest codes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from numba import cuda
 
 import fastmoments as fm
 import fastmoments.kernels.segments as segments
+from fastmoments.kernels import precision as P
 from fastmoments.kernels import quantized as Q
 
 
@@ -215,7 +219,12 @@ def test_one_int8_step_is_dequantize_rule_quantize_in_float64(case):
         nearest = np.argmin(np.abs(normalized[:, None] - qmap), axis=1)
         codes = group.state[name][:end].astype(np.int64)
         assert np.all(np.abs(codes - nearest) <= 1)  # a tie at float32's round-off
-        assert (codes != nearest).mean() < 1e-3
+        if signed:  # to nearest
+            assert (codes != nearest).mean() < 1e-3
+        else:  # stochastically (the default): the entry below or above, both taken
+            floor = np.clip(np.searchsorted(qmap, normalized, side="right") - 1, 0, 254)
+            assert ((codes != floor) & (codes != floor + 1)).mean() < 1e-3
+            assert 0.1 < (codes != nearest).mean() < 0.5
         # the small tensor's float32 state: float32 arithmetic's round-off
         np.testing.assert_allclose(group.state[kept], values[end:], rtol=1e-5,
                                    atol=1e-6 * np.abs(values[end:]).max())
@@ -250,6 +259,7 @@ def test_int8_the_same_bits_for_any_loop_and_chunking_and_checkpoints(monkeypatc
         params = fm.FlatParams(arrays) if flat else arrays
         opt = fm.SWATS(params, state_dtype="int8", weight_decay=0.1)
         views = params.params if flat else params
+        # (by default exp_avg_sq is rounded stochastically: the same bits in every loop)
         for t in range(3):
             opt.step(_grads(views, t))
         results.append((_flat(views), {k: v.copy() for k, v in opt._groups[0].state.items()}))
@@ -288,3 +298,83 @@ def test_int8_refusals_name_the_reason_and_change_nothing():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     with pytest.raises(ValueError, match="int8' needs float32 or float64 parameters for SWATS"):
         fm.SWATS([np.ones(3, ml_dtypes.bfloat16)], state_dtype="int8")
+
+
+# ------------------------------------------ int8 second moments rounded stochastically
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _bits(key: int, index: np.ndarray, stream: int) -> np.ndarray:
+    """The documented random bits (kernels.precision.element_bits) on arrays."""
+    x = (np.asarray(index, dtype=np.uint64) & _M32) ^ np.uint64(
+        (key + stream * 0x9E3779B9) & 0xFFFFFFFF)
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & _M32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & _M32
+    return x ^ (x >> np.uint64(16))
+
+
+# one tensor of 64 blocks; element 0 of each has gradient 1 (the block's scale), the
+# others one of these values of 11 bits, 16 blocks each: with beta2 = 0.75, v = g**2 / 4
+# is exact in float32 and v / scale = g**2 lies between entries of the unsigned map
+_VALUES = np.array([9, -53, 261, 2], np.float64) / 1024
+
+
+@pytest.mark.parametrize("case", list(INT8_CASES))
+def test_int8_second_moments_round_stochastically_with_the_element_wise_bits(case,
+                                                                            monkeypatch):
+    """One step from zero state: by default every pass that stores ``exp_avg_sq`` has
+    its codec ``"q8u_sr"`` (``exp_avg``: ``"q8s"``, nearest); its codes are the
+    documented decision bit for bit (floor code, the top 24 bits of
+    ``element_bits(key, index, 2)``: the element-wise Adam's stream for its second
+    state), so the element-wise loops' bits; each is the entry below or above, up as
+    often as the value's place between them says (5 standard errors). SWATS (whose
+    parallel loop the test above compiles; one nearest variant to compile): the
+    parallel loop stores the same codes, ``state_rounding="nearest"`` the nearest
+    ones (the host quantizer's)."""
+    cls, _ = INT8_CASES[case]
+    grad = np.repeat(_VALUES, 16 * Q.BLOCK).astype(np.float32)
+    grad[::Q.BLOCK] = 1.0
+    y = grad * grad  # v over its block's scale (1/4), exact
+    codes = {}
+    runs = [("serial", 1 << 30, "auto")]
+    if cls is fm.SWATS:
+        runs += [("parallel", 1, "auto"), ("nearest", 1 << 30, "nearest")]
+    for label, threshold, rounding in runs:
+        monkeypatch.setattr(fm.config, "parallel_threshold", threshold)
+        params = [np.zeros(grad.size, np.float32)]
+        opt = cls(params, lr=1e-3, betas=(0.5, 0.75), weight_decay=0.0, state_dtype="int8",
+                  state_rounding=rounding, seed=7)
+        opt.step([grad])
+        state = opt._groups[0].state
+        assert np.all(state["exp_avg_sq__absmax"] == 0.25)
+        stores = [k for k in opt._variants.values() if "exp_avg_sq" in k.writes]
+        assert stores
+        for kernel in stores:
+            codec = dict(zip(kernel.state_names, kernel.layout[2]))
+            assert codec["exp_avg"] == "q8s"
+            assert codec["exp_avg_sq"] == ("q8u" if rounding == "nearest" else "q8u_sr")
+        codes[label] = state["exp_avg_sq"].copy()
+    qmap = Q.dynamic_map(False)
+    blocks, small, _, n_small = opt._groups[0].precision.blocks
+    nearest = Q.quantize(y / 4, blocks, small, n_small, False)[0]
+    if cls is fm.SWATS:
+        assert np.array_equal(codes["parallel"], codes["serial"])
+        assert np.array_equal(codes["nearest"], nearest)
+    got, index = codes["serial"], np.arange(grad.size)
+    f = np.clip(np.searchsorted(qmap, y, side="right") - 1, 0, 254)
+    u = (_bits(P.step_key_host(7, 1), index, 2) >> np.uint64(8)).astype(np.float32)
+    up = (y - qmap[f]) > u * np.float32(2.0**-24) * (qmap[f + 1] - qmap[f])
+    assert np.array_equal(got, f + up)
+    rest = index % Q.BLOCK != 0
+    assert np.all(got[~rest] == 255)
+    p = (y.astype(np.float64) - qmap[f]) / (qmap[f + 1].astype(np.float64) - qmap[f])
+    for c in _VALUES:  # 4080 elements of each value
+        mine = rest & (grad == np.float32(c))
+        chance = p[mine][0]
+        assert 0.05 < chance < 0.95
+        assert np.all((got[mine] == f[mine]) | (got[mine] == f[mine] + 1))
+        se = np.sqrt(chance * (1 - chance) / mine.sum())
+        assert abs((got[mine] == f[mine] + 1).mean() - chance) < 5 * se, c
+    assert not np.array_equal(got, nearest)

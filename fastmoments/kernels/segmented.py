@@ -288,11 +288,13 @@ class SegmentedKernel:
         (see :mod:`.elementwise` for the element-wise rules' twin). One kernel per
         layout.
 
-        States stored as int8 blocks (codecs ``"q8s"``, ``"q8u"``; float32 or float64
-        parameters, no master copy) make CPU loops that take, per such state, its
-        codes, scales and float32 buffer, then the group's block table, the maps and
-        the code table (``_int8_source``), and no key; their tables must be contiguous
-        chunks of whole blocks. They have no CUDA kernel.
+        States stored as int8 blocks (codecs ``"q8s"``, ``"q8u"``, to nearest, or with
+        ``"_sr"`` rounded stochastically; float32 or float64 parameters, no master copy)
+        make CPU loops that take, per such state, its codes, scales and float32 buffer,
+        then the group's block table, the maps and the code table (``_int8_source``),
+        then, where a state is rounded stochastically, the floor table and the step's
+        key (``rounding``); their tables must be contiguous chunks of whole blocks.
+        They have no CUDA kernel.
         """
         kernel = self._variants.get(layout)
         if kernel is None:
@@ -302,7 +304,7 @@ class SegmentedKernel:
             digest = hashlib.sha256(repr(layout).encode()).hexdigest()[:8]
             kernel.name = f"{self.name}_r{digest}"
             # int8 states: the loops dequantize and requantize whole blocks around the
-            # rule itself (no codec in the element, no random bits)
+            # rule itself (no codec in the element; their random bits are the loops')
             kernel._loop_rule = (self.rule if _int8(layout)
                                  else _element_function(kernel.name, self, layout))
             # the cached loops of this kernel are not the variant's
@@ -353,7 +355,8 @@ class SegmentedKernel:
                     for parallel in (False, True) for strided in (False, True)]
         sources.append(_element_source("probe", probe, probe.layout))
         sources.append(probe.cuda_source()[1])
-        probe.layout = ("same", "same", tuple(("q8s", "q8u", "same")[k % 3] for k in range(n)),
+        probe.layout = ("same", "same",
+                        tuple(("q8s", "q8u_sr", "same")[k % 3] for k in range(n)),
                         False, tuple(range(1, n + 1)), (False,) * n)
         if n:  # int8 loops (a kernel without states has none)
             sources += [probe.cpu_source(parallel)[1] for parallel in (False, True)]
@@ -449,7 +452,9 @@ class SegmentedKernel:
         pieces = self._pieces()
         if self.int8:  # whole quantization blocks (contiguous chunks only)
             pieces["states"] = "".join(f", {s}" for s in _int8_arguments(self))
-            pieces["extra"] = ", blocks, small, qmaps, coding"
+            pieces["extra"] = (", blocks, small, qmaps, coding"
+                               + (", flooring" if quantized.takes_floors(self.layout) else "")
+                               + (", rounding" if quantized.takes_key(self.layout) else ""))
             if not parallel:
                 return name, _int8_source(name, self, pieces)
         if parallel:  # calls the serial loop (``chunk_loop``) per group of chunks
@@ -585,10 +590,14 @@ def _element_function(name: str, kernel: SegmentedKernel, layout: tuple):
 # of the block: ``segmented_run`` checks it). Each block is dequantized into a
 # block-sized scratch, the rule runs on its elements (the parameter and the terms from
 # the values before requantization), and the block's states written by the pass are
-# requantized with their new scales, as the element-wise int8 loops do it; a block of a
-# tensor below the int8 threshold reads and writes the state's float32 buffer instead.
+# requantized with their new scales, as the element-wise int8 loops do it (a state of
+# codec "q8u_sr" / "q8s_sr" rounded stochastically with their random bits: the step's
+# key, the element's index in the group, the state's stream); a block of a tensor below
+# the int8 threshold reads and writes the state's float32 buffer instead.
 _INT8_GLOBALS = {"np": np, "code_slot": quantized.code_slot, "code_of": quantized.code_of,
-                 "magnitude": quantized.magnitude, "nonzero_code": quantized.nonzero_code}
+                 "magnitude": quantized.magnitude, "nonzero_code": quantized.nonzero_code,
+                 "stochastic_code": quantized.stochastic_code,
+                 "element_bits": precision.element_bits}
 
 
 def _int8(layout: tuple) -> bool:
@@ -608,11 +617,26 @@ def _int8_source(name: str, kernel: SegmentedKernel, pieces: dict[str, str]) -> 
     """The serial CPU loop of an int8 kernel over chunks ``first_chunk`` to
     ``stop_chunk`` (arguments as the other loops', the states as
     :func:`_int8_arguments`, then ``blocks, small, qmaps, coding``: the group's block
-    table, :func:`~.quantized.maps` and :func:`~.quantized.code_table`)."""
+    table, :func:`~.quantized.maps` and :func:`~.quantized.code_table`; then, where the
+    layout rounds an int8 state stochastically (:func:`~.quantized.takes_floors`),
+    ``flooring``, :func:`~.quantized.floor_table`, and ``rounding``, the step's key).
+
+    A state rounded stochastically (:func:`~.quantized.rounded_states`) is stored as
+    :func:`~.quantized.loop_source`'s block body does it: its values over the new scale
+    are kept (``ys``), their floor codes and the two map entries around them read in the
+    pass of table reads, and the codes drawn by :func:`~.quantized.stochastic_code` with
+    :func:`~.precision.element_bits` of the key, the element's index in the group (or
+    its segment, for a per-segment state) and the state's stream (``layout[4]``: the
+    element-wise rule's ``k + 1`` for its state ``k``, see ``optim.multipass._variant``),
+    so the same bits as the element-wise loops, for any thread count. A state rounded to
+    nearest gets the code table's nearest code."""
     states, codecs, writes = kernel.state_names, kernel.layout[2], kernel.writes
     quantized_rows = {s: q for q, s in enumerate(s for s, c in zip(states, codecs)
                                                  if c.startswith("q8"))}
     signs = {s: int(c.startswith("q8s")) for s, c in zip(states, codecs)}
+    rounded = dict(zip(states, quantized.rounded_states(kernel.layout, len(states))))
+    streams = dict(zip(states, kernel.layout[4]))
+    by_segment = dict(zip(states, kernel.layout[5]))
     terms = range(kernel.num_terms)
     segment_args = "".join(f", {s}" for s in kernel.segment_names)
     scalar_args = "".join(f", {s}" for s in kernel.scalar_names)
@@ -656,24 +680,46 @@ def _int8_source(name: str, kernel: SegmentedKernel, pieces: dict[str, str]) -> 
             inner += [f"    work[{q}, k] = v{q}", f"    peak{q} = max(peak{q}, magnitude(v{q}))"]
     inner += ["    " + line for line in parts]
     stored = [(s, q) for s, q in quantized_rows.items() if s in writes]
-    for s, q in stored:  # the new scales, the values' slots
+    for s, q in stored:  # the new scales, the values' slots (a stochastic state: its y too)
         w = f"work[{q}, k]"
         inner += [f"top = np.uint32(peak{q}).view(np.float32)",
-                  f"{quantized.aux_names(s)[0]}[b] = top",
-                  "if top > 0:", "    for k in range(count):",
-                  f"        slots[{q}, k] = code_slot({w} / top)",
-                  "else:", "    for k in range(count):",
-                  f"        slots[{q}, k] = code_slot({w} - {w})"]
+                  f"{quantized.aux_names(s)[0]}[b] = top"]
+        for test, y in (("if top > 0:", f"{w} / top"), ("else:", f"{w} - {w}")):
+            inner += [test, "    for k in range(count):"]
+            if rounded[s]:
+                inner += [f"        y = np.float32({y})", f"        ys[{q}, k] = y",
+                          f"        slots[{q}, k] = code_slot(y)"]
+            else:
+                inner.append(f"        slots[{q}, k] = code_slot({y})")
     if stored:
-        inner.append("for k in range(count):")  # the table entries (scalar reads)
-        inner += [f"    entries[{q}, k] = coding[{signs[s]}, slots[{q}, k] >> 16]"
-                  for s, q in stored]
-        inner += ["for k in range(count):", "    i = start + np.uint64(k)"]  # the codes
+        # the table entries (scalar reads); a stochastic state's floor code (in place
+        # of its slot) and the two map entries around its value
+        inner.append("for k in range(count):")
         for s, q in stored:
-            code = f"code_of(entries[{q}, k], slots[{q}, k])"
+            row = signs[s]
+            if rounded[s]:
+                inner += [f"    f = code_of(flooring[{row}, slots[{q}, k] >> 16], slots[{q}, k])",
+                          f"    slots[{q}, k] = f", f"    lows[{q}, k] = qmaps[{row}, f]",
+                          f"    highs[{q}, k] = qmaps[{row}, f + 1]"]
+            else:
+                inner.append(f"    entries[{q}, k] = coding[{row}, slots[{q}, k] >> 16]")
+        # the codes; a stochastic state's random bits are those of the element-wise
+        # loops (its stream, the element's index in the group, counted in ix)
+        draws = any(rounded[s] for s, _ in stored)
+        inner += [*(["ix = lo"] if draws else []),
+                  "for k in range(count):", "    i = start + np.uint64(k)"]
+        for s, q in stored:
+            if rounded[s]:
+                where = "seg" if by_segment[s] else "ix"
+                code = (f"stochastic_code(slots[{q}, k], ys[{q}, k], lows[{q}, k], "
+                        f"highs[{q}, k], element_bits(key, {where}, {streams[s]}))")
+            else:
+                code = f"code_of(entries[{q}, k], slots[{q}, k])"
             if not signs[s]:  # a positive value never stored as 0 (see nonzero_code)
                 code = f"nonzero_code({code}, work[{q}, k])"
             inner.append(f"    {s}[i] = {code}")
+        if draws:
+            inner.append("    ix += 1")
     body += ["    " + line for line in inner]
     body += [f"acc{k} += part{k}" for k in terms]
     body.append("b += 1")
@@ -684,6 +730,9 @@ def _int8_source(name: str, kernel: SegmentedKernel, pieces: dict[str, str]) -> 
              f"    work = np.empty({shape}, scalars.dtype)",
              f"    slots = np.empty({shape}, np.uint32)",
              f"    entries = np.empty({shape}, np.uint32)",
+             *[f"    {a} = np.empty({shape}, np.float32)" for a in ("ys", "lows", "highs")
+               if quantized.takes_floors(kernel.layout)],
+             *(["    key = rounding[0]"] if quantized.takes_key(kernel.layout) else []),
              "    for c in range(first_chunk, stop_chunk):",
              "        j = chunks[c, 0]",
              "        seg = chunks[c, 1]",

@@ -139,14 +139,20 @@ def _int8_states(kernel: SegmentedKernel, group: Any, states: tuple) -> tuple:
     """The loop arguments of an int8 kernel after the sums (see
     :func:`~.segmented._int8_arguments`): an int8 state's codes (``states``' entry)
     with the group's scales and float32 buffer of that state, then the block table,
-    the maps and the code table."""
+    the maps and the code table; then, where the layout rounds an int8 state
+    stochastically, the floor table and the step's key (``group.rounding``)."""
     out: list = []
     for name, codec, buffer in zip(kernel.state_names, kernel.layout[2], states):
         out.append(buffer)
         if codec.startswith("q8"):
             out += [group.state[aux] for aux in quantized.aux_names(name)]
     blocks, small, _, _ = group.precision.blocks
-    return (*out, blocks, small, quantized.maps(), quantized.code_table())
+    out += [blocks, small, quantized.maps(), quantized.code_table()]
+    if quantized.takes_floors(kernel.layout):
+        out.append(quantized.floor_table())
+    if quantized.takes_key(kernel.layout):  # (in a uint32 array the loops load)
+        out.append(group.rounding)
+    return tuple(out)
 
 
 def run(kernel: SegmentedKernel, group: Any, source: Any, segments: Segments,
