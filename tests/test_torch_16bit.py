@@ -469,12 +469,13 @@ def test_bad_options_and_combinations_are_refused_clearly():
             fmt.Adam(params, **options)
     with pytest.raises(ValueError, match="float64 parameters"):
         fmt.Adam(wide, state_dtype="float64")
-    # cautious passes do not take 16-bit parameters yet (LAMB, ND-Adam and SWATS do:
-    # tests/test_precision_multipass.py)
-    with pytest.raises(ValueError, match="cautious=True is not supported with reduced"):
-        fmt.Adam(params, cautious=True)
-    opt = fmt.Adam(wide, cautious=True)
-    with pytest.raises(ValueError, match="cautious=True is not supported with reduced"):
+    # cautious passes take 16-bit parameters with bfloat16 or float32 state, not with
+    # int8 state (tests/test_precision_cautious.py)
+    int8 = "cautious=True with state_dtype='int8' needs float32 or float64 parameters"
+    with pytest.raises(ValueError, match=int8):
+        fmt.Adam(params, cautious=True, state_dtype="int8")
+    opt = fmt.Adam(wide, cautious=True, state_dtype="int8", state_rounding="nearest")
+    with pytest.raises(ValueError, match=int8):
         opt.add_param_group({"params": params})
     assert len(opt.param_groups) == 1  # the refused group was not added
     with pytest.raises(TypeError, match="int64"):

@@ -259,15 +259,17 @@ def _advance_key(group: Group) -> None:
 
 
 def _variant(opt: Any, group: Group, kernel: SegmentedKernel,
-             per_segment: tuple[str, ...] = ()) -> SegmentedKernel:
+             per_segment: tuple[str, ...] = (),
+             names: tuple[str, ...] | None = None) -> SegmentedKernel:
     """The kernel of a pass for the group's storage: ``kernel`` itself without a
     precision (or when the pass touches nothing stored in fewer bits), else its
     reduced variant.
 
     A state's codec is the group's (:meth:`~fastmoments.kernels.precision.Precision.
     layout`; ``"same"`` for a scratch buffer such as LAMB's ``update``), and its random
-    bits are stream ``1 + `` its place in the class's ``_state_names`` (as an
-    element-wise rule's), keyed by the element's index in the group. The states of
+    bits are stream ``1 + `` its place in ``names`` (default: the class's
+    ``_state_names``; the element-wise rule's states, so that the bits are that rule's),
+    keyed by the element's index in the group. The states of
     ``per_segment`` hold one value per segment repeated in each element (ND-Adam's
     ``v``): their bits are keyed by the segment's number instead (stream
     :data:`_SEGMENT_STREAMS` + that place), so every element rounds alike and the
@@ -282,7 +284,8 @@ def _variant(opt: Any, group: Group, kernel: SegmentedKernel,
     if found is not None:
         return found
     param, grad, _, master = precision.layout(())
-    names = type(opt)._state_names
+    if names is None:
+        names = type(opt)._state_names
     codecs = tuple(precision.layout((n,))[2][0] if n in group.state else "same"
                    for n in kernel.state_names)
     places = tuple(names.index(n) if n in names else 0 for n in kernel.state_names)
