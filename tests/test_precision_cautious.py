@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numba import cuda
+from reference_bits import element_bits
 from reference_modern import ADOPT as ReferenceADOPT
 from reference_modern import CautiousLion as ReferenceLion
 
@@ -35,22 +36,13 @@ from fastmoments.kernels import precision as P
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
-_M32 = np.uint64(0xFFFFFFFF)
 SHAPES = [(40,), (4, 6)]
 LION = dict(lr=1e-2, betas=(0.875, 0.75), weight_decay=0.1)
 ADOPT = dict(lr=0.1, betas=(0.875, 0.75))
 
 
 # -------------------------------------------------------- reference codecs
-def _bits(key: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """The documented random bits (kernels.precision.element_bits) on arrays."""
-    x = (np.asarray(index, dtype=np.uint64) & _M32) ^ np.uint64(
-        (key + stream * 0x9E3779B9) & 0xFFFFFFFF)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & _M32
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & _M32
-    return x ^ (x >> np.uint64(16))
+_bits = element_bits  # the documented bits (tests/reference_bits.py)
 
 
 def _widen(bits: np.ndarray) -> np.ndarray:

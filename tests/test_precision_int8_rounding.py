@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numba import cuda, njit
+from reference_bits import element_bits
 
 import fastmoments as fm
 from fastmoments.kernels import precision as P
@@ -29,18 +30,9 @@ from fastmoments.kernels import quantized as Q
 # betas whose (1 - beta) are powers of two: from zero state, m = g / 2 and v = g**2 / 4
 # are exact in float32 for gradients of 11 significant bits
 EXACT = dict(lr=1e-3, betas=(0.5, 0.75))
-_M32 = np.uint64(0xFFFFFFFF)
 
 
-def _bits(key: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """The documented random bits (kernels.precision.element_bits) on arrays."""
-    x = (np.asarray(index, dtype=np.uint64) & _M32) ^ np.uint64(
-        (key + stream * 0x9E3779B9) & 0xFFFFFFFF)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & _M32
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & _M32
-    return x ^ (x >> np.uint64(16))
+_bits = element_bits  # the documented bits (tests/reference_bits.py)
 
 
 def _floor(qmap: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference_bits import element_bits
 
 import fastmoments as fm
 from fastmoments.distributed import SelfCommunicator, ShardedOptimizer
@@ -23,24 +24,10 @@ from fastmoments.kernels import precision as P
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
-_M32 = np.uint64(0xFFFFFFFF)
 
 
 # -------------------------------------------------------- reference codecs
-def _mix32(x: np.ndarray) -> np.ndarray:
-    """lowbias32 on arrays (uint64 holding 32-bit values), as P.mix32_host."""
-    x = x & _M32
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & _M32
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & _M32
-    return x ^ (x >> np.uint64(16))
-
-
-def _bits(key: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """The documented random bits of elements ``index`` (see test_precision)."""
-    stream_key = np.uint64((key + stream * 0x9E3779B9) & 0xFFFFFFFF)
-    return _mix32((np.asarray(index, dtype=np.uint64) & _M32) ^ stream_key)
+_bits = element_bits  # the documented bits (tests/reference_bits.py)
 
 
 def _widen(bits: np.ndarray) -> np.ndarray:

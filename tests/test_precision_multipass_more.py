@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numba import cuda
+from reference_bits import element_bits
 
 import fastmoments as fm
 import fastmoments.kernels.segments as segments
@@ -301,18 +302,9 @@ def test_int8_refusals_name_the_reason_and_change_nothing():
 
 
 # ------------------------------------------ int8 second moments rounded stochastically
-_M32 = np.uint64(0xFFFFFFFF)
 
 
-def _bits(key: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """The documented random bits (kernels.precision.element_bits) on arrays."""
-    x = (np.asarray(index, dtype=np.uint64) & _M32) ^ np.uint64(
-        (key + stream * 0x9E3779B9) & 0xFFFFFFFF)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & _M32
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & _M32
-    return x ^ (x >> np.uint64(16))
+_bits = element_bits  # the documented bits (tests/reference_bits.py)
 
 
 # one tensor of 64 blocks; element 0 of each has gradient 1 (the block's scale), the
