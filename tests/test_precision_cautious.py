@@ -180,17 +180,19 @@ def test_all_agreeing_steps_are_the_elementwise_steps_times_the_scale():
 
 # ------------------------------------------------------------ int8 (CPU)
 def test_int8_state_is_the_elementwise_int8_rule_where_every_element_agrees():
-    """ADOPT with int8 state (rounded to nearest: the int8 passes' rounding): the
-    cautious run stores the element-wise int8 run's codes, scales and small tensor's
-    float32 values bit for bit, and its parameters move by the new state before
-    requantization (numel / (numel + 1) times the element-wise steps)."""
+    """ADOPT with int8 state (its default rounding: exp_avg_sq stochastically, the
+    element-wise loops' random bits): the cautious run stores the element-wise int8
+    run's codes, scales and small tensor's float32 values bit for bit, and its
+    parameters move by the new state before requantization (numel / (numel + 1) times
+    the element-wise steps)."""
     shapes = [(4096 + 300,), (33,)]  # 17 quantized blocks and a partial one; one small
     signs = np.where(np.arange(4429) % 3 == 0, -1.0, 1.0)
     runs = []
     for cautious in (True, False):
         params = [np.zeros(s, np.float32) for s in shapes]
-        opt = fm.ADOPT(params, cautious=cautious, state_dtype="int8", state_rounding="nearest",
-                       **ADOPT)
+        opt = fm.ADOPT(params, cautious=cautious, state_dtype="int8", **ADOPT)
+        assert opt._groups[0].precision.layout(("exp_avg", "exp_avg_sq"))[2] == ("q8s",
+                                                                                 "q8u_sr")
         for t in range(1, 4):
             rng = np.random.default_rng(t)
             g = signs * rng.uniform(0.1, 2.0, 4429)
@@ -277,10 +279,7 @@ def test_the_simulated_gpu_stores_the_cpu_states_bit_for_bit(monkeypatch):
 
 # --------------------------------------------------------------- refusals
 def test_what_stays_refused_names_its_reason_and_changes_nothing():
-    p32 = [np.ones(3, np.float32)]
-    with pytest.raises(ValueError, match=r"\['exp_avg_sq'\] would be rounded stochastically; "
-                                         r"pass state_rounding='nearest' \(param_groups\[0\]\)"):
-        fm.ADOPT(p32, cautious=True, state_dtype="int8")  # "auto": v stochastically
+    p16 = [np.ones(3, BF16)]
     with pytest.raises(ValueError, match="int8' needs float32 or float64 parameters, got "
                                          "bfloat16"):
         fm.Lion([np.ones(3, BF16)], cautious=True, state_dtype="int8")
@@ -289,16 +288,16 @@ def test_what_stays_refused_names_its_reason_and_changes_nothing():
     with pytest.raises(ValueError, match="float16 CUDA parameters"):
         fm.Lion([cuda.to_device(np.ones(3, np.float16))], cautious=True)
     # switched on by an edit, or by a state dict: refused before anything changes
-    opt = fm.ADOPT(p32, state_dtype="int8")
+    opt = fm.ADOPT(p16, state_dtype="int8")
     sd = opt.state_dict()
     opt.param_groups[0]["cautious"] = True
-    with pytest.raises(ValueError, match=r"rounded stochastically.*\(param_groups\[0\]\)"):
-        opt.step([np.ones(3, np.float32)])
+    with pytest.raises(ValueError, match=r"needs float32 or float64.*\(param_groups\[0\]\)"):
+        opt.step([np.ones(3, BF16)])
     assert opt.step_count == 0
     opt.param_groups[0]["cautious"] = False
     sd["param_groups"][0]["cautious"] = True
     with pytest.raises(ValueError, match=r"state_dict: param_groups\[0\]: ADOPT: cautious=True "
-                                         "with state_dtype='int8' rounds"):
+                                         "with state_dtype='int8' needs float32"):
         opt.load_state_dict(sd)
     assert opt.param_groups[0]["cautious"] is False
     np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"],

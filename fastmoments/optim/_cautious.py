@@ -21,9 +21,10 @@ state before it is narrowed. A count pass that stores nothing (Adam, AdamW, Lion
 apply pass recomputes the state) already does that; a count pass that stores the state
 (ADOPT, AdEMAMix, Adan: the apply pass reads it back) would hand the apply pass narrowed
 values, so such a group runs the count pass without its stores and an apply pass that
-recomputes the state first (:func:`recomputing_apply`). Refused: 16-bit CUDA parameters;
-int8 state on the GPU, with 16-bit parameters, or with a stochastically rounded state
-(the int8 passes round to the nearest map entry).
+recomputes the state first (:func:`recomputing_apply`). int8 states follow
+``state_rounding`` as in the element-wise loops (second moments stochastically by default,
+the same random bits). Refused: 16-bit CUDA parameters; int8 state on the GPU or with
+16-bit parameters.
 """
 
 from __future__ import annotations
@@ -205,12 +206,6 @@ class Cautious:
         if precision.param != "same":
             return (f"with state_dtype='int8' needs float32 or float64 parameters, got "
                     f"{group.dtype}; use state_dtype='bfloat16' with 16-bit parameters")
-        codecs = precision.layout(self.state_names)[2]
-        stochastic = [n for n, c in zip(self.state_names, codecs) if c.endswith("_sr")]
-        if stochastic:
-            return (f"with state_dtype='int8' rounds its states to the nearest map entry, "
-                    f"but {stochastic} would be rounded stochastically; pass "
-                    "state_rounding='nearest'")
         return None
 
     def __repr__(self) -> str:
