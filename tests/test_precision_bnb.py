@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from recorded_gradients import demo_gradients, lognormal_gradients
 
 import fastmoments as fm
 from fastmoments.kernels import quantized
@@ -78,37 +79,6 @@ def test_bnb_cpu_quantizer_is_a_65536_point_grid_and_agrees_with_ours_above_it(s
     assert np.mean(codes[~coarse] == ours[~coarse]) < 0.9  # and below it they do not
 
 
-def _demo_gradients(seed: int, steps: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """The demo's spiral MLP (hidden 2048: 10,240 of its 12,291 parameters in tensors
-    that are quantized): its initial parameters and the minibatch gradients of a float32
-    Adam run, to feed every optimizer alike."""
-    from fastmoments.tools.demo.app import make_problem
-    from fastmoments.tools.demo.data import batches
-
-    data, net = make_problem("mlp", hidden=2048, seed=seed, dtype=np.float32)
-    start = net.copy_params()
-    opt = fm.Adam(net.params, lr=LR)
-    order = batches(data.n, 64, seed)
-    recorded = []
-    for _ in range(steps):
-        idx = next(order)
-        net.loss_grad(data.X[idx], data.y[idx])
-        recorded.append([g.copy() for g in net.grads])
-        opt.step(net.grads)
-    return start, recorded
-
-
-def _lognormal_gradients(seed: int, steps: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """One tensor of 8192 elements whose gradient scales spread log-normally (sigma 1.5:
-    a block of 256 spans about 1e4 in |g|, 1e8 in g^2), each element noise around a mean."""
-    rng = np.random.default_rng(seed)
-    scale = np.exp(rng.normal(0.0, 1.5, 8192)).astype(np.float32)
-    mean = rng.normal(0.0, 0.5, 8192).astype(np.float32)
-    grads = [[scale * (mean + rng.standard_normal(8192).astype(np.float32))]
-             for _ in range(steps)]
-    return [rng.standard_normal(8192).astype(np.float32)], grads
-
-
 def _distances(start, grads):
     """Per implementation (bitsandbytes, fastmoments int8): the distance of its steps and
     of its final parameters from float32 torch.optim.Adam's, over the quantized tensors,
@@ -149,7 +119,7 @@ def _distances(start, grads):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_int8_adam_is_as_close_to_float32_as_bnb_adam8bit_on_the_demo_gradients(seed):
-    steps, final = _distances(*_demo_gradients(seed, 100))
+    steps, final = _distances(*demo_gradients(seed, 100, LR))
     # measured (seeds 0, 1): steps off by 0.79-0.81 % of lr on average (ours, second
     # moments rounded stochastically; 0.73-0.75 % to nearest) and 0.74-0.75 %
     # (bitsandbytes), at most 34-45 % (ours) and 61-198 % (bitsandbytes); final
@@ -173,7 +143,7 @@ def test_int8_adam_is_as_close_to_float32_as_bnb_adam8bit_on_wide_gradient_scale
     step up to 1.66 times float32's; its largest error is 1.3-1.7 lr over the
     optimizer's seeds 0-4, hence the bound of twice bitsandbytes' (to nearest: 1.5
     times)."""
-    steps, final = _distances(*_lognormal_gradients(0, 20))
+    steps, final = _distances(*lognormal_gradients(0, 20))
     assert steps["ours"][0] <= 1.2 * steps["bnb"][0], steps
     assert steps["ours"][1] <= 2.0 * steps["bnb"][1], steps
     assert final["ours"][1] <= 1.5 * final["bnb"][1], final

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from recorded_gradients import demo_gradients, lognormal_gradients
 
 import fastmoments as fm
 from fastmoments.kernels import quantized
@@ -114,38 +115,6 @@ def test_torchao_quantizer_is_the_nearest_entry_as_ours(signed):
     assert differ.mean() < 1e-3, differ.sum()
 
 
-def _demo_gradients(seed: int, steps: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """The demo's spiral MLP (hidden 2048: 10,240 of its 12,291 parameters in its two
-    weight matrices, 4096 and 6144 elements, which both libraries quantize): its initial
-    parameters and the minibatch gradients of a float32 Adam run, to feed every
-    optimizer alike."""
-    from fastmoments.tools.demo.app import make_problem
-    from fastmoments.tools.demo.data import batches
-
-    data, net = make_problem("mlp", hidden=2048, seed=seed, dtype=np.float32)
-    start = net.copy_params()
-    opt = fm.Adam(net.params, lr=LR)
-    order = batches(data.n, 64, seed)
-    recorded = []
-    for _ in range(steps):
-        idx = next(order)
-        net.loss_grad(data.X[idx], data.y[idx])
-        recorded.append([g.copy() for g in net.grads])
-        opt.step(net.grads)
-    return start, recorded
-
-
-def _lognormal_gradients(seed: int, steps: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """One tensor of 8192 elements whose gradient scales spread log-normally (sigma 1.5:
-    a block of 256 spans about 1e4 in |g|, 1e8 in g^2), each element noise around a mean."""
-    rng = np.random.default_rng(seed)
-    scale = np.exp(rng.normal(0.0, 1.5, 8192)).astype(np.float32)
-    mean = rng.normal(0.0, 0.5, 8192).astype(np.float32)
-    grads = [[scale * (mean + rng.standard_normal(8192).astype(np.float32))]
-             for _ in range(steps)]
-    return [rng.standard_normal(8192).astype(np.float32)], grads
-
-
 def _torchao_run(name, start, grads):
     """torchao's 8-bit ``name`` over the gradients, uncompiled: per step the parameters
     (float64); the optimizer and its parameters."""
@@ -215,7 +184,7 @@ def test_int8_is_as_close_to_float32_as_torchao_8bit_on_the_demo_gradients(name,
     gradients the two quantize alike); ours with the default rounding (``"auto"``:
     second moments rounded stochastically) 0.79-0.81 % on average, at most 34-45 %,
     final 0.40-0.41 % on average, at most 11-12 %."""
-    steps, final = _distances(name, *_demo_gradients(seed, 100))
+    steps, final = _distances(name, *demo_gradients(seed, 100, LR))
     for key in OURS:
         for kind in (steps, final):
             assert kind[key][0] <= 1.2 * kind["torchao"][0], (key, kind)  # mean
@@ -235,7 +204,7 @@ def test_int8_adam_is_closer_to_float32_than_torchao_adam8bit_on_wide_gradient_s
     rounded to nearest by 3.2 % on average, at most 95 % (steps) and 51 % (final), with
     the default rounding 3.7 %, at most 173 % and 62 % (torchao compiled: the same
     figures)."""
-    start, grads = _lognormal_gradients(0, 20)
+    start, grads = lognormal_gradients(0, 20)
     steps, final = _distances("Adam", start, grads)
     for key in OURS:
         assert steps[key][0] <= 1.2 * steps["torchao"][0], (key, steps)

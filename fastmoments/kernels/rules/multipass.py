@@ -80,8 +80,9 @@ def lamb_apply_recomputed(param, grad, exp_avg, exp_avg_sq, trust_step, inv_bias
 def lamb_moments_apply(param, grad, exp_avg, exp_avg_sq, trust_step, grad_mult, clip_value,
                        one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
                        inv_bias_correction2, eps, weight_decay):
-    # pass 2 (GPU, states stored in fewer bits): the moments and r of pass 1 again, from
-    # the same stored values (bit for bit), p <- p - lr * trust * r, the moments stored
+    # pass 2 with states stored in fewer bits (GPU, and int8 on the CPU): the moments and
+    # r of pass 1 again, from the same stored values (bit for bit), p <- p - lr * trust * r,
+    # the moments stored once
     m, v, r = lamb_first_pass(param, grad, exp_avg, exp_avg_sq, grad_mult, clip_value,
                               one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
                               inv_bias_correction2, eps, weight_decay)
